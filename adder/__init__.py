@@ -1,0 +1,1 @@
+"""MNIST Adder: read a handwritten digit, add a given number to it."""

@@ -1,0 +1,80 @@
+"""best.pt: a self-describing model file, written atomically and read as untrusted input.
+
+A checkpoint holds everything needed to rebuild the model from the file alone: the format version, the
+model config, the weights, and for the record the training config, epoch and validation metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from adder.model import AdderNet, ModelConfig
+
+FORMAT = "mnist-adder"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message says why."""
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path, model: AdderNet, *, train_config: dict, epoch: int, val_metrics: dict) -> None:
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_config": model.config.to_dict(),
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "train_config": train_config,
+            "epoch": epoch,
+            "val_metrics": val_metrics,
+        },
+        path,
+    )
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's dict, loaded with weights_only=True (no code from the file runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses anything but tensors and plain containers: a pickle that would run code ends here.
+        reason = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: refused to load, it holds more than weights ({reason})") from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file)") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an MNIST Adder checkpoint")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {ckpt.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+        )
+    return ckpt
+
+
+def load_model(path: str | Path) -> tuple[AdderNet, dict]:
+    """Rebuild the model from the checkpoint alone; returns (model in eval mode, checkpoint dict)."""
+    ckpt = read_checkpoint(path)
+    try:
+        model = AdderNet(ModelConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model_state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the model it describes ({reason})") from err
+    return model.eval(), ckpt

@@ -1,0 +1,188 @@
+"""MNIST as (image, addend) pairs, held whole on the training device.
+
+Representation
+    image   uint8 1x28x28 on the device; turned into float, normalised with MNIST's mean/std per batch
+    addend  int64 0..9 (the model one-hot encodes it)
+    digit   int64 0..9, the label of the image
+    sum     int64 0..18 = digit + addend, a class index for the 19-way sum head
+
+Generation
+    Training pairs each image with an addend that is a pure function of (seed, epoch, index): every process,
+    every resumed run and every device draws the same pair, and each epoch draws fresh addends.
+    Evaluation is exhaustive: every image with each of the ten addends, so its numbers carry no sampling noise.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import MNIST
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+NUM_ADDENDS = 10
+
+
+class DataError(RuntimeError):
+    """The MNIST files are missing or damaged; the message says which file and what to do."""
+
+
+def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of one MNIST split, through torchvision.
+
+    torchvision verifies the md5 of the *.gz archives it extracts; reading errors of the extracted IDX
+    files are turned into one message that names the file.
+    """
+    raw = Path(data_dir) / "MNIST" / "raw"
+    split = "train" if train else "t10k"
+    try:
+        mnist = MNIST(root=str(data_dir), train=train, download=download)
+    except Exception as err:  # torchvision raises RuntimeError, URLError, AssertionError, ValueError...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"cannot load MNIST {split} data from {raw}: {first_line}. Put the four official "
+            f"*-ubyte.gz files in {raw} (or run once with network access so torchvision downloads them); "
+            f"delete damaged *-ubyte files there so they are extracted again."
+        ) from err
+    images, labels = mnist.data, mnist.targets
+    expected = 60_000 if train else 10_000
+    if images.dtype != torch.uint8 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise DataError(
+            f"{raw / f'{split}-images-idx3-ubyte'}: expected uint8 images of 28x28 matching the "
+            f"{len(labels)} labels, got {tuple(images.shape)} {images.dtype}; delete the file to re-extract it."
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{raw / f'{split}-labels-idx1-ubyte'}: labels outside 0..9; delete it to re-extract it.")
+    if len(images) != expected:
+        # Not an error (tests use small files), but a real user should notice a partial data set.
+        print(f"note: MNIST {split} split in {raw} has {len(images)} images (the official one has {expected})")
+    return images, labels.long()
+
+
+def split_train_val(
+    images: torch.Tensor, labels: torch.Tensor, val_size: int, split_seed: int = 0
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Hold out `val_size` random training images for model selection; the split depends only on split_seed."""
+    if not 0 < val_size < len(images):
+        raise ValueError(f"val_size must be between 1 and {len(images) - 1}, got {val_size}")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(split_seed))
+    val, train = order[:val_size], order[val_size:]
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+# splitmix64 constants, written as the signed int64 values torch stores.
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _splitmix64(x: torch.Tensor) -> torch.Tensor:
+    x = x + _GOLDEN
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def counter_hash(index: torch.Tensor, *keys: int) -> torch.Tensor:
+    """A 53-bit pseudo-random integer per index, a pure function of (keys, index) on any device.
+
+    Counter-based rather than a stateful generator: the value for one sample does not depend on which
+    process draws it, in which order, or whether the run was resumed.
+    """
+    h = torch.zeros((), dtype=torch.int64, device=index.device)
+    for key in keys:
+        h = _splitmix64(h + key)
+    return _shift_right(_splitmix64(h + index.long()), 11)
+
+
+def counter_uniform(index: torch.Tensor, *keys: int) -> torch.Tensor:
+    """Uniform floats in [0, 1), one per index, from counter_hash."""
+    return counter_hash(index, *keys).double().div_(2.0**53).float()
+
+
+STREAM_ADDEND, STREAM_AUGMENT = 0, 1
+
+
+def train_addends(index: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """The addend (0..9) paired with training image `index` in `epoch`."""
+    return counter_hash(index, seed, epoch, STREAM_ADDEND) % NUM_ADDENDS
+
+
+def normalize(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28), normalised like every MNIST model."""
+    return (images_u8.unsqueeze(1).float() / 255.0 - MNIST_MEAN) / MNIST_STD
+
+
+def random_affine(
+    images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int, degrees: float, translate: float, scale: float
+) -> torch.Tensor:
+    """Batched small rotations, shifts and zooms on the device; parameters drawn per (seed, epoch, index).
+
+    `translate` is a fraction of the image size; digits are never flipped (a flipped 2 is not a 2).
+    Works on images in [0, 1] so that the zero padding is the black background.
+    """
+    u = [counter_uniform(index, seed, epoch, STREAM_AUGMENT, k) * 2 - 1 for k in range(4)]  # each in [-1, 1)
+    angle = u[0] * math.radians(degrees)
+    zoom = 1 + u[1] * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # affine_grid works in [-1, 1] coordinates, so a shift of `translate` image widths is 2 * translate.
+    theta = torch.stack(
+        [torch.stack([cos, -sin, u[2] * 2 * translate], -1), torch.stack([sin, cos, u[3] * 2 * translate], -1)], -2
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class DeviceMNIST:
+    """One MNIST split as two device tensors; batches are made by indexing, with no per-sample Python."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device | str = "cpu"):
+        self.images = images.to(device)  # uint8 (N, 28, 28): 47 MB for all of MNIST
+        self.labels = labels.to(device)
+        self.device = self.images.device
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def train_batch(self, index: torch.Tensor, seed: int, epoch: int, augment: dict | None = None):
+        """(image, addend, digit, sum) for training images `index` in `epoch`."""
+        images = self.images[index].unsqueeze(1).float() / 255.0
+        if augment:
+            images = random_affine(images, index, seed, epoch, **augment)
+        images = (images - MNIST_MEAN) / MNIST_STD
+        digits = self.labels[index]
+        addends = train_addends(index, seed, epoch)
+        return images, addends, digits, digits + addends
+
+    def eval_batch(self, index: torch.Tensor):
+        """(image, all ten addends (B, 10), digit): the exhaustive pairs of images `index`."""
+        addends = torch.arange(NUM_ADDENDS, device=self.device).expand(len(index), NUM_ADDENDS)
+        return normalize(self.images[index]), addends, self.labels[index]
+
+
+def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> list[torch.Tensor]:
+    """This process's index batches for one epoch: every image exactly once across all processes.
+
+    One shuffle per (seed, epoch), the same on every process, is cut into global batches of
+    batch_size * world_size, and each global batch into world_size near-equal shards. Every process
+    therefore takes the same number of steps (DDP needs that) and nothing is padded or dropped; only the
+    last shard of an epoch may be a few images shorter.
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    global_batches = list(order.split(batch_size * world_size))
+    if len(global_batches) > 1 and len(global_batches[-1]) < 2 * world_size:
+        # Too small to give every process at least two images (BatchNorm needs two): merge it.
+        global_batches[-2:] = [torch.cat(global_batches[-2:])]
+    return [batch.tensor_split(world_size)[rank] for batch in global_batches]
+
+
+def eval_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[torch.Tensor]:
+    """This process's contiguous shard of 0..n-1, in batches: disjoint, nothing padded or repeated."""
+    return list(torch.arange(n).tensor_split(world_size)[rank].split(batch_size))

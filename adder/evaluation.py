@@ -1,0 +1,38 @@
+"""Exhaustive evaluation: every image of a split paired with each of the ten addends."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adder.data import NUM_ADDENDS, DeviceMNIST, eval_batches
+from adder.loss import AdderLoss
+from adder.metrics import AdderMetrics
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceMNIST, loss_fn: AdderLoss, *, batch_size: int = 1000,
+             rank: int = 0, world_size: int = 1, autocast=None) -> dict:
+    """AdderMetrics over all len(data) * 10 pairs, exact for any number of processes.
+
+    Each process scores its own disjoint shard of images; torchmetrics sums the counts across processes
+    in compute(). `model` must be the unwrapped module: the shards may differ by one batch, and a DDP
+    forward would then wait for a peer that has none left.
+    """
+    model.eval()
+    metrics = AdderMetrics().to(data.device)
+    for index in eval_batches(len(data), batch_size, rank, world_size):
+        images, addends, digits = data.eval_batch(index.to(data.device))
+        images = images.contiguous(memory_format=torch.channels_last)
+        with autocast() if autocast else torch.autocast(data.device.type, enabled=False):
+            digit_logits, sum_logits = model(images, addends)  # (B, 10), (B, 10 addends, 19)
+        # One row per pair: the digit answer is shared by an image's ten pairs.
+        pair_digit_logits = digit_logits.float().repeat_interleave(NUM_ADDENDS, 0)
+        pair_digits = digits.repeat_interleave(NUM_ADDENDS)
+        pair_addends = addends.reshape(-1)
+        pair_sums = pair_digits + pair_addends
+        pair_sum_logits = sum_logits.float().reshape(-1, sum_logits.shape[-1])
+        losses = loss_fn(pair_digit_logits, pair_sum_logits, pair_digits, pair_sums, reduction="none")
+        metrics.update(pair_digit_logits, pair_sum_logits, pair_addends, pair_digits, pair_sums, losses)
+    model.train()
+    return metrics.compute()
