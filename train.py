@@ -35,7 +35,7 @@ from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, trai
 from adder.evaluation import evaluate
 from adder.loss import AdderLoss
 from adder.metrics import scalars
-from adder.model import AdderNet, ModelConfig, count_parameters
+from adder.model import SUM_HEADS, AdderNet, ModelConfig, count_parameters
 from adder.tracking import wandb_init_kwargs
 from adder.training_state import load_training_state, resolve_state, save_training_state
 
@@ -65,9 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--zoom", type=non_negative_float, default=0.1, help="augmentation: max zoom in or out, fraction")
     # model
     p.add_argument("--widths", type=positive_int, nargs=5, default=ModelConfig().widths, help="channels of the 5 convs")
-    p.add_argument("--sum_hidden", type=positive_int, default=ModelConfig().sum_hidden, help="hidden units of the sum MLP")
-    p.add_argument("--sum_input", choices=["digit_probs", "features"], default="digit_probs",
-                   help="what the sum head reads with the addend: the digit head's softmax or the CNN features")
+    p.add_argument("--sum_head", choices=SUM_HEADS, default=ModelConfig().sum_head,
+                   help="how digit and addend meet (see adder/model.py)")
+    p.add_argument("--sum_hidden", type=positive_int, default=ModelConfig().sum_hidden,
+                   help="hidden units of the concat_* sum heads' MLP")
     # optimisation
     p.add_argument("--epochs", type=positive_int, default=20, help="passes over the training images")
     p.add_argument("--batch_size", type=positive_int, default=512, help="images per step and process")
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
              f"validation and test score every image with all 10 addends; {steps_per_epoch} steps per epoch")
 
     # Model, loss, optimiser and schedule.
-    model_config = ModelConfig(widths=args.widths, sum_hidden=args.sum_hidden, sum_input=args.sum_input)
+    model_config = ModelConfig(widths=args.widths, sum_head=args.sum_head, sum_hidden=args.sum_hidden)
     model = AdderNet(model_config).to(memory_format=torch.channels_last)
     log.info(f"model: {count_parameters(model):,} parameters, {model_config.to_dict()}")
     loss_fn = AdderLoss(sum_weight=args.sum_weight, label_smoothing=args.label_smoothing)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
+from torchvision.datasets.utils import check_integrity
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 NUM_ADDENDS = 10
@@ -37,6 +38,11 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
     """
     raw = Path(data_dir) / "MNIST" / "raw"
     split = "train" if train else "t10k"
+    for archive, md5 in MNIST.resources:
+        # torchvision would answer a damaged archive with a download attempt; say what is wrong instead.
+        extracted = raw / archive.removesuffix(".gz")
+        if not extracted.exists() and (raw / archive).exists() and not check_integrity(str(raw / archive), md5):
+            raise DataError(f"{raw / archive} is damaged (md5 mismatch): delete it so that it is downloaded again")
     try:
         mnist = MNIST(root=str(data_dir), train=train, download=download)
     except Exception as err:  # torchvision raises RuntimeError, URLError, AssertionError, ValueError...

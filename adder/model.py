@@ -1,14 +1,19 @@
-"""The adder network: a small CNN reads the digit; an MLP adds the addend to what the CNN read.
+"""The adder network: a small CNN reads the digit; a learned head adds the addend to what the CNN read.
 
     image (B,1,28,28) ─► CNN ─► features (B,F) ─► digit head ─► digit logits (B,10)
-                                                                     │ softmax
-    addend (B,) ─► one-hot (B,10) ──────────────────────────────────►┤ concat (B,20)
+                                                                     │ softmax p (B,10)
+    addend (B,) ─► one-hot e (B,10) ─────────────────────────────────┤
                                                                      ▼
-                                                     sum MLP ─► sum logits (B,19)
+                                  outer product p ⊗ e (B,100) ─► linear ─► sum logits (B,19)
 
-The sum head reads the digit head's probabilities rather than the raw CNN features (`sum_input`): the sum
-then depends on the image only through the digit the network believes it sees, which makes the two
-answers agree (see the ablation in README.md).
+How the two inputs meet is `sum_head`:
+    outer           (default) the outer product of the digit probabilities and the one-hot addend: a
+                    distribution over the 100 (digit, addend) combinations, which one linear layer maps
+                    to the 19 sums; it learns the addition table, one weight column per combination.
+    concat_probs    digit probabilities concatenated with the one-hot addend, then an MLP.
+    concat_features CNN features concatenated with the one-hot addend, then an MLP.
+Reading the digit probabilities makes the sum depend on the image only through the digit the network
+believes it sees, so the two answers agree; README.md has the ablation.
 """
 
 from __future__ import annotations
@@ -20,21 +25,21 @@ import torch.nn.functional as F
 from torch import nn
 
 NUM_DIGITS, NUM_SUMS = 10, 19
-SUM_INPUTS = ("digit_probs", "features")
+SUM_HEADS = ("outer", "concat_probs", "concat_features")
 
 
 @dataclass
 class ModelConfig:
     widths: list[int] = field(default_factory=lambda: [16, 24, 32, 32, 48])  # channels of the five 3x3 convs
-    sum_hidden: int = 64  # hidden units of the sum MLP
-    sum_input: str = "digit_probs"  # what the sum head reads besides the addend: digit_probs | features
+    sum_head: str = "outer"  # how digit and addend meet: outer | concat_probs | concat_features
+    sum_hidden: int = 64  # hidden units of the MLP of the concat_* sum heads
 
     def __post_init__(self):
         self.widths = [int(w) for w in self.widths]
         if len(self.widths) != 5 or min(self.widths) < 1:
             raise ValueError(f"widths must be five positive channel counts, got {self.widths}")
-        if self.sum_input not in SUM_INPUTS:
-            raise ValueError(f"sum_input must be one of {SUM_INPUTS}, got {self.sum_input!r}")
+        if self.sum_head not in SUM_HEADS:
+            raise ValueError(f"sum_head must be one of {SUM_HEADS}, got {self.sum_head!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,12 +66,15 @@ class AdderNet(nn.Module):
             nn.Flatten(),
         )
         self.digit_head = nn.Linear(w[4], NUM_DIGITS)
-        sum_in = NUM_DIGITS if self.config.sum_input == "digit_probs" else w[4]
-        self.sum_head = nn.Sequential(
-            nn.Linear(sum_in + NUM_DIGITS, self.config.sum_hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(self.config.sum_hidden, NUM_SUMS),
-        )
+        if self.config.sum_head == "outer":
+            self.sum_head = nn.Linear(NUM_DIGITS * NUM_DIGITS, NUM_SUMS)
+        else:
+            read_size = NUM_DIGITS if self.config.sum_head == "concat_probs" else w[4]
+            self.sum_head = nn.Sequential(
+                nn.Linear(read_size + NUM_DIGITS, self.config.sum_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(self.config.sum_hidden, NUM_SUMS),
+            )
 
     def forward(self, image: torch.Tensor, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Digit logits (B, 10) and sum logits (B, 19).
@@ -79,15 +87,20 @@ class AdderNet(nn.Module):
         if addend.dtype not in (torch.int64, torch.int32) or addend.shape[0] != image.shape[0] or addend.dim() > 2:
             raise ValueError(f"addend must be integer (B,) or (B, K) with B={image.shape[0]}, got "
                              f"{addend.dtype} {tuple(addend.shape)}")
+        if not self.training and len(addend) and not 0 <= int(addend.min()) <= int(addend.max()) <= 9:
+            # Checked outside training only: it costs a host sync, and training addends are 0..9 by construction.
+            raise ValueError(f"addend must be between 0 and 9, got values {addend.min()}..{addend.max()}")
         features = self.features(image)
         digit_logits = self.digit_head(features)
-        read = digit_logits.softmax(-1) if self.config.sum_input == "digit_probs" else features
+        read = features if self.config.sum_head == "concat_features" else digit_logits.softmax(-1)
         if addend.dim() == 2:
             read = read.unsqueeze(1).expand(-1, addend.shape[1], -1)
-        # one_hot checks the range itself, but only deep inside torch and with a device sync; this is the API's edge.
         addend_one_hot = F.one_hot(addend.long(), NUM_DIGITS).to(read.dtype)
-        sum_logits = self.sum_head(torch.cat([read, addend_one_hot], dim=-1))
-        return digit_logits, sum_logits
+        if self.config.sum_head == "outer":
+            combined = (read.unsqueeze(-1) * addend_one_hot.unsqueeze(-2)).flatten(-2)  # p_digit x e_addend
+        else:
+            combined = torch.cat([read, addend_one_hot], dim=-1)
+        return digit_logits, self.sum_head(combined)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny MNIST-format data sets written as real IDX files, so the real loading code runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "MNIST" / "raw"
+TINY_MODEL = ["--widths", "4", "4", "8", "8", "8", "--sum_hidden", "16"]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array in the IDX format MNIST uses (magic 0x0000080N, big-endian dimensions)."""
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose centre square is as bright as the digit is large: learnable in a few steps."""
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 20, (n, 28, 28))
+    images[:, 7:21, 7:21] += 20 + 22 * labels[:, None, None]
+    return images.clip(0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+def make_mnist_dir(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """root/MNIST/raw/ with the four uncompressed IDX files torchvision reads."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = synthetic_digits(n, rng)
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory) -> Path:
+    """600 training and 51 test images (an odd count, so no even split between processes)."""
+    return make_mnist_dir(tmp_path_factory.mktemp("tiny_mnist"), n_train=600, n_test=51)
+
+
+@pytest.fixture(scope="session")
+def real_mnist(tmp_path_factory) -> Path:
+    """A writable copy of the real MNIST archives (torchvision extracts them beside themselves)."""
+    if not SHARED_MNIST.is_dir():
+        pytest.skip(f"real MNIST not found at {SHARED_MNIST}")
+    root = tmp_path_factory.mktemp("real_mnist")
+    shutil.copytree(SHARED_MNIST, root / "MNIST" / "raw")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(args: list[str], processes: int = 1, timeout: int = 300, check: bool = True, env: dict | None = None,
+            popen: bool = False):
+    """Run a script of the project as a user would: python, or `accelerate launch` with 2+ CPU processes."""
+    if processes == 1:
+        cmd = [sys.executable, *args]
+    else:
+        # --multi_gpu on a CPU-only machine starts real gloo ranks; --cpu would start only one process.
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), *args]
+    full_env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
+                             "PYTHONUNBUFFERED": "1"} | (env or {})
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result

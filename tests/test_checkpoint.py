@@ -1,0 +1,89 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from adder.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from adder.model import AdderNet, ModelConfig
+
+
+def save_small(path, **config):
+    model = AdderNet(ModelConfig(widths=[4, 4, 8, 8, 8], **config))
+    save_checkpoint(path, model, train_config={"sum_weight": 1.0}, epoch=3, val_metrics={"joint_acc": 0.5})
+    return model
+
+
+def test_roundtrip_rebuilds_the_model_from_the_file_alone(tmp_path):
+    model = save_small(tmp_path / "best.pt", sum_head="concat_probs").eval()
+    loaded, ckpt = load_model(tmp_path / "best.pt")
+    assert ckpt["epoch"] == 3 and ckpt["val_metrics"]["joint_acc"] == 0.5
+    assert loaded.config == model.config and not loaded.training
+    images, addends = torch.randn(3, 1, 28, 28), torch.tensor([0, 4, 9])
+    for a, b in zip(model(images, addends), loaded(images, addends)):
+        torch.testing.assert_close(a, b)
+    assert not list(tmp_path.glob(".*.tmp")), "the temporary file is renamed, not left behind"
+
+
+class CreatesFileWhenUnpickled:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "mnist-adder", "payload": CreatesFileWhenUnpickled(str(marker))}, evil)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="refused to load"):
+        read_checkpoint(evil)
+    assert not marker.exists()
+    # The same payload as a plain pickle file (not a torch zip) is refused too.
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps(CreatesFileWhenUnpickled(str(marker))))
+    with pytest.raises(CheckpointError):
+        read_checkpoint(plain)
+    assert not marker.exists()
+
+
+def test_truncated_file(tmp_path):
+    save_small(tmp_path / "best.pt")
+    data = (tmp_path / "best.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "cut.pt")
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "notes.txt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an MNIST Adder checkpoint"):
+        read_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        read_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        read_checkpoint(tmp_path)
+
+
+def test_other_version(tmp_path):
+    save_small(tmp_path / "best.pt")
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    torch.save(ckpt | {"format_version": 99}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format version 99"):
+        read_checkpoint(tmp_path / "future.pt")
+
+
+def test_other_architecture(tmp_path):
+    save_small(tmp_path / "best.pt")
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    torch.save(ckpt | {"model_config": ckpt["model_config"] | {"widths": [8, 8, 8, 8, 8]}}, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit the model"):
+        load_model(tmp_path / "mismatch.pt")
+    torch.save(ckpt | {"model_config": {"depth": 3}}, tmp_path / "unknown.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit the model"):
+        load_model(tmp_path / "unknown.pt")

@@ -1,0 +1,129 @@
+import gzip
+import shutil
+
+import pytest
+import torch
+
+from adder.data import (DataError, DeviceMNIST, eval_batches, load_mnist, random_affine, split_train_val,
+                        train_addends, train_batches)
+from conftest import make_mnist_dir, write_idx
+
+
+def test_loads_idx_files_through_torchvision(tmp_path):
+    make_mnist_dir(tmp_path, n_train=30, n_test=7)
+    images, labels = load_mnist(tmp_path, train=True, download=False)
+    assert images.shape == (30, 28, 28) and images.dtype == torch.uint8
+    assert labels.shape == (30,) and labels.dtype == torch.int64 and 0 <= labels.min() and labels.max() <= 9
+    test_images, _ = load_mnist(tmp_path, train=False, download=False)
+    assert len(test_images) == 7
+
+
+def test_extracts_and_verifies_the_official_archives(real_mnist):
+    images, labels = load_mnist(real_mnist, train=False, download=True)  # md5-checked gz, extracted locally
+    assert images.shape == (10_000, 28, 28)
+    assert torch.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_missing_data_names_the_folder(tmp_path):
+    with pytest.raises(DataError, match=str(tmp_path / "MNIST" / "raw")):
+        load_mnist(tmp_path, train=True, download=False)
+
+
+def test_truncated_image_file_is_a_clear_error(tmp_path):
+    make_mnist_dir(tmp_path, n_train=30, n_test=7)
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(DataError, match="cannot load MNIST train data"):
+        load_mnist(tmp_path, train=True, download=False)
+
+
+def test_wrong_magic_number_is_a_clear_error(tmp_path):
+    make_mnist_dir(tmp_path, n_train=30, n_test=7)
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(b"\x00\x00\x07\x03" + path.read_bytes()[4:])
+    with pytest.raises(DataError, match="cannot load MNIST train data"):
+        load_mnist(tmp_path, train=True, download=False)
+
+
+def test_wrong_shape_is_a_clear_error(tmp_path):
+    make_mnist_dir(tmp_path, n_train=30, n_test=7)
+    write_idx(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte", torch.zeros(30, 20, 20).numpy())
+    with pytest.raises(DataError, match="train-images-idx3-ubyte: expected uint8 images of 28x28"):
+        load_mnist(tmp_path, train=True, download=False)
+
+
+def test_corrupted_archive_is_refused_without_network(tmp_path, real_mnist):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(real_mnist / "MNIST" / "raw" / name, raw / name)
+    damaged = raw / "t10k-labels-idx1-ubyte.gz"
+    damaged.write_bytes(gzip.compress(b"not mnist"))  # a valid gzip with the wrong md5
+    with pytest.raises(DataError, match=f"{damaged} is damaged"):
+        load_mnist(tmp_path, train=False, download=True)  # refused before any download attempt
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    images = torch.arange(100).view(100, 1, 1).expand(100, 28, 28).to(torch.uint8)
+    labels = torch.arange(100) % 10
+    (tr_a, _), (va_a, _) = split_train_val(images, labels, 20)
+    (tr_b, _), (va_b, _) = split_train_val(images, labels, 20)
+    assert torch.equal(va_a, va_b)
+    ids_train, ids_val = set(tr_a[:, 0, 0].tolist()), set(va_a[:, 0, 0].tolist())
+    assert len(ids_val) == 20 and not ids_train & ids_val and len(ids_train | ids_val) == 100
+    with pytest.raises(ValueError, match="val_size"):
+        split_train_val(images, labels, 100)
+
+
+def test_addend_is_a_function_of_seed_epoch_index():
+    index = torch.arange(100_000)
+    addends = train_addends(index, seed=3, epoch=2)
+    assert addends.dtype == torch.int64 and addends.min() == 0 and addends.max() == 9
+    # The same (seed, epoch, index) gives the same addend whichever subset or order a process asks for.
+    subset = torch.tensor([99_999, 5, 17, 5])
+    assert torch.equal(train_addends(subset, seed=3, epoch=2), addends[subset])
+    assert not torch.equal(train_addends(index, seed=3, epoch=3), addends)  # fresh each epoch
+    assert not torch.equal(train_addends(index, seed=4, epoch=2), addends)
+    # Uniform over 0..9: chi-square with 9 degrees of freedom, 99.9th percentile is 27.9.
+    counts = torch.bincount(addends, minlength=10).double()
+    assert ((counts - 10_000) ** 2 / 10_000).sum() < 27.9
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_training_sees_every_image_once_per_epoch(world_size):
+    n, batch_size = 1001, 64
+    shards = [train_batches(n, batch_size, seed=0, epoch=1, rank=r, world_size=world_size) for r in range(world_size)]
+    assert len({len(s) for s in shards}) == 1, "every process must take the same number of steps"
+    seen = torch.cat([b for shard in shards for b in shard])
+    assert sorted(seen.tolist()) == list(range(n))
+    assert min(len(b) for shard in shards for b in shard) >= 2  # BatchNorm needs two samples
+    other_epoch = torch.cat(train_batches(n, batch_size, seed=0, epoch=2, rank=0, world_size=1))
+    assert not torch.equal(other_epoch, torch.cat(train_batches(n, batch_size, 0, 1, 0, 1)))
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_evaluation_shards_are_disjoint_and_complete(world_size):
+    shards = [torch.cat(eval_batches(51, 8, r, world_size)) for r in range(world_size)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(51))
+
+
+def test_batches_pair_each_image_with_its_label_and_sum(tiny_mnist):
+    images, labels = load_mnist(tiny_mnist, train=True, download=False)
+    data = DeviceMNIST(images, labels)
+    index = torch.tensor([3, 0, 7])
+    x, addends, digits, sums = data.train_batch(index, seed=0, epoch=1)
+    assert x.shape == (3, 1, 28, 28) and x.dtype == torch.float32
+    assert torch.equal(digits, labels[index]) and torch.equal(sums, digits + addends)
+    x_eval, all_addends, eval_digits = data.eval_batch(index)
+    assert torch.equal(all_addends, torch.arange(10).expand(3, 10)) and torch.equal(eval_digits, labels[index])
+    assert torch.allclose(x_eval, x)  # same normalisation on both paths
+
+
+def test_augmentation_is_deterministic_and_identity_when_off():
+    images = torch.rand(8, 1, 28, 28)
+    index = torch.arange(8)
+    a = random_affine(images, index, seed=0, epoch=1, degrees=15, translate=0.1, scale=0.1)
+    b = random_affine(images, index, seed=0, epoch=1, degrees=15, translate=0.1, scale=0.1)
+    assert torch.equal(a, b) and not torch.allclose(a, images)
+    same = random_affine(images, index, seed=0, epoch=1, degrees=0, translate=0, scale=0)
+    assert torch.allclose(same, images, atol=1e-5)

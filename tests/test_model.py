@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from adder.model import NUM_DIGITS, NUM_SUMS, SUM_HEADS, AdderNet, ModelConfig, count_parameters
+
+
+@pytest.mark.parametrize("sum_head", SUM_HEADS)
+def test_two_inputs_two_outputs(sum_head):
+    model = AdderNet(ModelConfig(sum_head=sum_head)).eval()
+    images, addends = torch.randn(5, 1, 28, 28), torch.randint(0, 10, (5,))
+    digit_logits, sum_logits = model(images, addends)
+    assert digit_logits.shape == (5, NUM_DIGITS) and sum_logits.shape == (5, NUM_SUMS)
+    assert digit_logits.dtype == sum_logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize("sum_head", SUM_HEADS)
+def test_all_addends_at_once_match_one_by_one(sum_head):
+    model = AdderNet(ModelConfig(sum_head=sum_head)).eval()
+    images = torch.randn(4, 1, 28, 28)
+    digit_logits, all_sums = model(images, torch.arange(10).expand(4, 10))
+    assert all_sums.shape == (4, 10, NUM_SUMS)
+    for addend in range(10):
+        digit_one, sum_one = model(images, torch.full((4,), addend))
+        torch.testing.assert_close(sum_one, all_sums[:, addend])
+        torch.testing.assert_close(digit_one, digit_logits)
+
+
+def test_sum_depends_on_the_addend():
+    model = AdderNet().eval()
+    images = torch.randn(2, 1, 28, 28)
+    _, sum_0 = model(images, torch.zeros(2, dtype=torch.long))
+    _, sum_7 = model(images, torch.full((2,), 7))
+    assert not torch.allclose(sum_0, sum_7)
+
+
+def test_default_model_fits_the_parameter_budget():
+    assert count_parameters(AdderNet()) <= 50_000
+
+
+@pytest.mark.parametrize("images, addends, message", [
+    (torch.randn(2, 28, 28), torch.zeros(2, dtype=torch.long), "image must be"),
+    (torch.randn(2, 3, 28, 28), torch.zeros(2, dtype=torch.long), "image must be"),
+    (torch.randn(2, 1, 28, 28), torch.zeros(2), "addend must be integer"),
+    (torch.randn(2, 1, 28, 28), torch.zeros(3, dtype=torch.long), "addend must be integer"),
+    (torch.randn(2, 1, 28, 28), torch.tensor([0, 10]), "addend must be between 0 and 9"),
+    (torch.randn(2, 1, 28, 28), torch.tensor([-1, 3]), "addend must be between 0 and 9"),
+])
+def test_bad_inputs_get_clear_errors(images, addends, message):
+    with pytest.raises(ValueError, match=message):
+        AdderNet().eval()(images, addends)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"widths": [8, 8, 8]}, "widths must be five"),
+    ({"widths": [8, 8, 0, 8, 8]}, "widths must be five"),
+    ({"sum_head": "magic"}, "sum_head must be one of"),
+])
+def test_bad_configs_get_clear_errors(config, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**config)
