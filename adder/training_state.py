@@ -33,6 +33,7 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
         shutil.rmtree(partial)  # left by a run that died while saving
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process has written its part (each saves its own RNG state)
     if accelerator.is_main_process:
         (partial / PROGRESS_FILE).write_text(json.dumps({"epoch": epoch, "global_step": global_step}))
         if final.exists():

@@ -25,10 +25,9 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def synthetic_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Images whose centre square is as bright as the digit is large: learnable in a few steps."""
+    """Noisy images as bright as the digit is large: a task a tiny model learns in a few dozen steps."""
     labels = rng.integers(0, 10, n)
-    images = rng.integers(0, 20, (n, 28, 28))
-    images[:, 7:21, 7:21] += 20 + 22 * labels[:, None, None]
+    images = rng.integers(0, 16, (n, 28, 28)) + 24 * labels[:, None, None]
     return images.clip(0, 255).astype(np.uint8), labels.astype(np.uint8)
 
 

@@ -1,0 +1,139 @@
+"""End to end: train.py and evaluate.py run as users run them, on tiny MNIST-format files, on the CPU."""
+
+import json
+import signal
+import time
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL, run_cli
+
+FAST = ["--cpu", "--val_size", "100", "--batch_size", "32", "--lr", "0.03", "--log_every", "5", "--report_to", "none", *TINY_MODEL]
+
+
+def train(data_dir, out_dir, *extra, processes=1, **kwargs):
+    return run_cli(["train.py", "--data_dir", str(data_dir), "--output_dir", str(out_dir), *FAST, *extra],
+                   processes=processes, **kwargs)
+
+
+def evaluate_json(ckpt, data_dir, processes=1):
+    result = run_cli(["evaluate.py", "--ckpt", str(ckpt), "--data_dir", str(data_dir), "--cpu", "--json"],
+                     processes=processes)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_mnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_run")
+    result = train(tiny_mnist, out, "--epochs", "3", processes=2)
+    return out, result
+
+
+def test_two_process_training_writes_a_self_describing_best_pt(two_process_run):
+    out, result = two_process_run
+    assert "2 process(es)" in result.stdout
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["model_config"]["widths"] == [4, 4, 8, 8, 8] and 1 <= ckpt["epoch"] <= 3
+    assert set(ckpt["val_metrics"]) >= {"digit_acc", "sum_acc", "joint_acc", "consistency", "loss"}
+    epochs = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert ckpt["val_metrics"]["joint_acc"] == max(e["val_joint_acc"] for e in epochs)
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["epoch_002", "epoch_003"]  # keep_states=2
+    test = json.loads((out / "logs" / "test_metrics.json").read_text())
+    assert test["pairs"] == 510  # 51 test images x 10 addends, none duplicated or dropped by the 2-way split
+    # The tiny task is learnable: well above chance (10 % digits).
+    assert test["digit_acc"] > 0.3
+
+
+def test_evaluation_is_exact_and_identical_with_one_and_two_processes(two_process_run, tiny_mnist):
+    out, _ = two_process_run
+    one = evaluate_json(out / "best.pt", tiny_mnist, processes=1)
+    two = evaluate_json(out / "best.pt", tiny_mnist, processes=2)
+    assert one["pairs"] == two["pairs"] == 510
+    for name in ("digit_acc", "sum_acc", "joint_acc", "consistency", "per_sum_acc"):
+        assert one[name] == two[name], name
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-9, abs=1e-12)  # a sum in another order
+    train_report = json.loads((out / "logs" / "test_metrics.json").read_text())
+    assert one["joint_acc"] == train_report["joint_acc"]
+
+
+def test_evaluate_prints_the_results_table(two_process_run, tiny_mnist):
+    out, _ = two_process_run
+    table = run_cli(["evaluate.py", "--ckpt", str(out / "best.pt"), "--data_dir", str(tiny_mnist), "--cpu"]).stdout
+    for row in ("digit acc", "sum acc", "joint acc", "consistency", "per-sum accuracy", "510"):
+        assert row in table
+
+
+def test_a_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
+    args = ["--epochs", "4"]
+    train(tiny_mnist, tmp_path / "straight", *args)
+
+    killed = tmp_path / "killed"
+    proc = run_cli(["train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(killed), *FAST, *args], popen=True)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "epoch_001").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # mid-way through epoch 2: no clean-up code runs
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "checkpoints" / "epoch_004").exists()
+
+    resumed = train(tiny_mnist, killed, *args, "--resume_from_checkpoint", "latest")
+    assert "resumed from" in resumed.stdout
+    straight_ckpt = torch.load(tmp_path / "straight" / "best.pt", weights_only=True)
+    resumed_ckpt = torch.load(killed / "best.pt", weights_only=True)
+    assert straight_ckpt["epoch"] == resumed_ckpt["epoch"]
+    for name, tensor in straight_ckpt["model_state"].items():
+        assert torch.equal(tensor, resumed_ckpt["model_state"][name]), name
+    for name in ("straight", "killed"):
+        report = json.loads((tmp_path / name / "logs" / "test_metrics.json").read_text())
+        report.pop("per_sum_acc")
+        if name == "straight":
+            expected = report
+    assert report == expected
+
+
+def test_a_new_run_never_overwrites_an_existing_best_pt(two_process_run, tiny_mnist):
+    out, _ = two_process_run
+    before = (out / "best.pt").read_bytes()
+    result = train(tiny_mnist, out, "--epochs", "1", check=False)
+    assert result.returncode != 0 and "already holds a run" in result.stderr
+    assert (out / "best.pt").read_bytes() == before
+
+
+def test_wandb_offline_run_creates_its_run_folder(tiny_mnist, tmp_path):
+    fast = [a for a in FAST if a not in ("--report_to", "none")]
+    run_cli(["train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(tmp_path), *fast, "--epochs", "1"],
+            env={"WANDB_MODE": "offline"})
+    runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist, tmp_path):
+    result = train(tiny_mnist, tmp_path, "--epochs", "3", "--lr", "1e30", check=False)
+    assert result.returncode != 0
+    assert "training loss is nan" in result.stdout or "training loss is inf" in result.stdout
+    assert not (tmp_path / "logs" / "test_metrics.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "--epochs: must be a positive integer"),
+    (["--batch_size", "-4"], "--batch_size: must be a positive integer"),
+    (["--mixed_precision", "fp12"], "--mixed_precision: invalid choice"),
+    (["--sum_head", "magic"], "--sum_head: invalid choice"),
+    (["--lr", "nan"], "--lr: must be a number >= 0"),
+    (["--resume_from_checkpoint", "latest"], "no saved training state"),
+])
+def test_bad_training_arguments_get_one_clear_error(tiny_mnist, tmp_path, args, message):
+    result = train(tiny_mnist, tmp_path, *args, check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_without_download(tmp_path):
+    (tmp_path / "data" / "MNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"garbage")
+    result = train(tmp_path / "data", tmp_path / "out", "--epochs", "1", check=False)
+    assert result.returncode != 0 and "is damaged (md5 mismatch)" in result.stderr
+    assert "Traceback" not in result.stderr
