@@ -26,6 +26,7 @@ from torch import nn
 
 NUM_DIGITS, NUM_SUMS = 10, 19
 SUM_HEADS = ("outer", "concat_probs", "concat_features")
+OUTER_GAIN = 10.0
 
 
 @dataclass
@@ -97,7 +98,10 @@ class AdderNet(nn.Module):
             read = read.unsqueeze(1).expand(-1, addend.shape[1], -1)
         addend_one_hot = F.one_hot(addend.long(), NUM_DIGITS).to(read.dtype)
         if self.config.sum_head == "outer":
-            combined = (read.unsqueeze(-1) * addend_one_hot.unsqueeze(-2)).flatten(-2)  # p_digit x e_addend
+            # p_digit x e_addend sums to 1, so each weight moves a logit by at most its own step; Adam steps
+            # are about lr in size, and confident logits (about 10) would take thousands of steps. The gain
+            # makes them reachable within an epoch.
+            combined = OUTER_GAIN * (read.unsqueeze(-1) * addend_one_hot.unsqueeze(-2)).flatten(-2)
         else:
             combined = torch.cat([read, addend_one_hot], dim=-1)
         return digit_logits, self.sum_head(combined)

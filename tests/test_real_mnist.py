@@ -1,0 +1,18 @@
+"""A short training on the real MNIST (skipped where ../shared/data is absent)."""
+
+import json
+
+from conftest import run_cli
+
+
+def test_two_epochs_on_real_mnist_reach_a_sane_accuracy(real_mnist, tmp_path):
+    # Two epochs with a narrow net keep this under two minutes on two CPU cores. The bar: digit accuracy
+    # >= 97 % (a linear classifier gets about 92 %, so this needs a working CNN and input pipeline) and
+    # joint >= 90 % on all 100,000 test pairs (the sum head has learnt most of the addition table).
+    result = run_cli(["train.py", "--cpu", "--data_dir", str(real_mnist), "--output_dir", str(tmp_path),
+                      "--epochs", "2", "--widths", "8", "12", "16", "16", "24", "--report_to", "none"],
+                     env={"OMP_NUM_THREADS": "2"}, timeout=900)
+    report = json.loads((tmp_path / "logs" / "test_metrics.json").read_text())
+    assert report["pairs"] == 100_000, result.stdout
+    assert report["digit_acc"] >= 0.97, report
+    assert report["joint_acc"] >= 0.90, report
