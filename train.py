@@ -35,6 +35,7 @@ from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, trai
 from adder.evaluation import evaluate
 from adder.loss import AdderLoss
 from adder.metrics import scalars
+from adder.plots import figure_to_array, read_metrics, run_figures, save_figures
 from adder.model import SUM_HEADS, AdderNet, ModelConfig, count_parameters
 from adder.tracking import wandb_init_kwargs
 from adder.training_state import load_training_state, resolve_state, save_training_state
@@ -243,6 +244,13 @@ def main(argv=None) -> int:
         (logs_dir / "test_metrics.json").write_text(json.dumps(
             {"epoch": best_ckpt["epoch"], "pairs": test["pairs"], "parameters": count_parameters(best_model)}
             | scalars(test) | {"per_sum_acc": test["per_sum_acc"]}, indent=2))
+    if accelerator.is_main_process:
+        figures = run_figures(read_metrics(metrics_file), best_model, test_set, test)
+        save_figures(figures, logs_dir)
+        if accelerator.log_with:
+            accelerator.get_tracker("wandb").log_images(
+                {name: [figure_to_array(fig)] for name, fig in figures.items()}, step=global_step)
+        log.info(f"figures: {', '.join(str(logs_dir / f'{name}.png') for name in figures)}")
     accelerator.end_training()
     if accelerator.log_with and wandb_kwargs.get("mode") == "offline":
         log.info(f"wandb ran offline (not logged in); upload the run with: wandb sync {logs_dir / 'wandb'}/offline-run-*")

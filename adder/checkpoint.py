@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,11 +52,13 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # weights_only refuses anything but tensors and plain containers: a pickle that would run code ends here.
-        reason = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: refused to load, it holds more than weights ({reason})") from err
+        # weights_only accepts only tensors and plain containers: a pickle that would run code ends here.
+        reason = next((line for line in str(err).splitlines() if line.strip()), "unpickling error")
+        raise CheckpointError(f"{path}: refused to load: not a weights-only checkpoint ({reason[:200]})") from err
     except Exception as err:  # a file that is not a torch checkpoint can fail in any part of the unpickler
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file)") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

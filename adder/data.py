@@ -43,15 +43,19 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
         extracted = raw / archive.removesuffix(".gz")
         if not extracted.exists() and (raw / archive).exists() and not check_integrity(str(raw / archive), md5):
             raise DataError(f"{raw / archive} is damaged (md5 mismatch): delete it so that it is downloaded again")
+    present = all((raw / archive.removesuffix(".gz")).exists() or (raw / archive).exists()
+                  for archive, _ in MNIST.resources)
+    if not present and not download:
+        raise DataError(f"MNIST is not in {raw}: put the four official *-ubyte.gz files there")
     try:
         mnist = MNIST(root=str(data_dir), train=train, download=download)
     except Exception as err:  # torchvision raises RuntimeError, URLError, AssertionError, ValueError...
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(
-            f"cannot load MNIST {split} data from {raw}: {first_line}. Put the four official "
-            f"*-ubyte.gz files in {raw} (or run once with network access so torchvision downloads them); "
-            f"delete damaged *-ubyte files there so they are extracted again."
-        ) from err
+        reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        if not present:
+            raise DataError(f"MNIST is not in {raw} and downloading it failed ({reason}). Without network, "
+                            f"copy the four official *-ubyte.gz files there.") from err
+        raise DataError(f"cannot read MNIST {split} files in {raw} ({reason}): delete the damaged "
+                        f"{split}-*-ubyte files there so that they are extracted or downloaded again") from err
     images, labels = mnist.data, mnist.targets
     expected = 60_000 if train else 10_000
     if images.dtype != torch.uint8 or images.shape[1:] != (28, 28) or len(images) != len(labels):

@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 import torch
+from torchvision.datasets import MNIST
 
 from adder.data import (DataError, DeviceMNIST, eval_batches, load_mnist, random_affine, split_train_val,
                         train_addends, train_batches)
@@ -25,15 +26,22 @@ def test_extracts_and_verifies_the_official_archives(real_mnist):
 
 
 def test_missing_data_names_the_folder(tmp_path):
-    with pytest.raises(DataError, match=str(tmp_path / "MNIST" / "raw")):
+    with pytest.raises(DataError, match=f"MNIST is not in {tmp_path / 'MNIST' / 'raw'}"):
         load_mnist(tmp_path, train=True, download=False)
+
+
+def test_missing_data_and_no_network_is_a_clear_error(tmp_path, monkeypatch):
+    # Port 9 on this machine refuses connections: a network that is down, without depending on the real one.
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(DataError, match="downloading it failed"):
+        load_mnist(tmp_path, train=True, download=True)
 
 
 def test_truncated_image_file_is_a_clear_error(tmp_path):
     make_mnist_dir(tmp_path, n_train=30, n_test=7)
     path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(DataError, match="cannot load MNIST train data"):
+    with pytest.raises(DataError, match="cannot read MNIST train files"):
         load_mnist(tmp_path, train=True, download=False)
 
 
@@ -41,7 +49,7 @@ def test_wrong_magic_number_is_a_clear_error(tmp_path):
     make_mnist_dir(tmp_path, n_train=30, n_test=7)
     path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(b"\x00\x00\x07\x03" + path.read_bytes()[4:])
-    with pytest.raises(DataError, match="cannot load MNIST train data"):
+    with pytest.raises(DataError, match="cannot read MNIST train files"):
         load_mnist(tmp_path, train=True, download=False)
 
 

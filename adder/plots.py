@@ -1,0 +1,151 @@
+"""Figures of a training run: curves, a grid of test predictions, the confusion matrices of both heads.
+
+    python -m adder.plots RUN_DIR [--data_dir data] [--out DIR]
+
+RUN_DIR is a train.py --output_dir (it holds best.pt and logs/metrics.jsonl); the PNG files go to --out
+(default RUN_DIR/logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from adder.data import MNIST_MEAN, MNIST_STD, DeviceMNIST  # noqa: E402
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def curves_figure(epochs: list[dict]) -> plt.Figure:
+    x = [e["epoch"] for e in epochs]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    ax = axes[0, 0]
+    ax.plot(x, [e["train_loss"] for e in epochs], label="train (mean over the epoch)")
+    ax.plot(x, [e["val_loss"] for e in epochs], label="validation")
+    ax.set(title="loss (digit CE + sum CE)", xlabel="epoch", yscale="log")
+    ax = axes[0, 1]
+    for key in ("digit_acc", "sum_acc", "joint_acc"):
+        ax.plot(x, [100 * e[f"val_{key}"] for e in epochs], label=key.replace("_acc", ""))
+    ax.set(title="validation accuracy, % (all 10 addends per image)", xlabel="epoch", ylim=(97, 100))
+    ax = axes[1, 0]
+    ax.plot(x, [100 * e["val_consistency"] for e in epochs], color="tab:purple")
+    ax.set(title="validation consistency, % (sum = digit + addend)", xlabel="epoch", ylim=(99, 100))
+    ax = axes[1, 1]
+    ax.plot(x, [e["lr"] for e in epochs], color="tab:green")
+    ax.set(title="learning rate at the end of each epoch", xlabel="epoch")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def predictions_figure(model, test_set: DeviceMNIST, count: int = 32, seed: int = 0) -> plt.Figure:
+    """Test images with a random addend each: the mistakes first (marked red), then right answers."""
+    addends = torch.randint(0, 10, (len(test_set),), generator=torch.Generator().manual_seed(seed))
+    digit_pred, sum_pred = [], []
+    for index in torch.arange(len(test_set)).split(2000):
+        images, _, _ = test_set.eval_batch(index)
+        d, s = model(images, addends[index])
+        digit_pred.append(d.argmax(-1))
+        sum_pred.append(s.argmax(-1))
+    digit_pred, sum_pred = torch.cat(digit_pred), torch.cat(sum_pred)
+    labels = test_set.labels.cpu()
+    wrong = (digit_pred != labels) | (sum_pred != labels + addends)
+    order = torch.cat([wrong.nonzero().flatten(), (~wrong).nonzero().flatten()])[:count]
+    cols = 8
+    fig, axes = plt.subplots((len(order) + cols - 1) // cols, cols, figsize=(cols * 1.6, len(order) / cols * 2.0))
+    for ax, i in zip(axes.flat, order.tolist()):
+        ax.imshow(test_set.images[i].cpu(), cmap="gray")
+        ax.set_title(f"{labels[i]}+{addends[i]}={labels[i] + addends[i]}\npred {digit_pred[i]}, {sum_pred[i]}",
+                     fontsize=8, color="red" if wrong[i] else "black")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(f"test pairs: image, addend -> target digit+addend=sum / predicted digit, sum "
+                 f"({int(wrong.sum())} of {len(test_set)} wrong, shown first in red)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(digit_confusion: torch.Tensor, sum_confusion: torch.Tensor) -> plt.Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [10, 19]})
+    for ax, matrix, name in ((axes[0], digit_confusion, "digit"), (axes[1], sum_confusion, "sum")):
+        # Log colours: the diagonal holds thousands, the mistakes single digits.
+        ax.imshow(matrix.clamp(min=0.5).log10(), cmap="Blues")
+        n = len(matrix)
+        for t in range(n):
+            for p in range(n):
+                if matrix[t, p] and t != p:
+                    ax.text(p, t, int(matrix[t, p]), ha="center", va="center", fontsize=7, color="red")
+        ax.set(title=f"{name} head over all test pairs; mistakes in red",
+               xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true")
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def run_figures(epochs: list[dict], model, test_set: DeviceMNIST, test_results: dict) -> dict[str, plt.Figure]:
+    """The figures of a finished run, by file name stem; train.py also sends them to the tracker."""
+    model = model.cpu().eval()
+    test_set = DeviceMNIST(test_set.images.cpu(), test_set.labels.cpu())
+    return {
+        "curves": curves_figure(epochs),
+        "test_predictions": predictions_figure(model, test_set),
+        "confusion": confusion_figure(test_results["digit_confusion"], test_results["sum_confusion"]),
+    }
+
+
+def save_figures(figures: dict[str, plt.Figure], out: Path) -> None:
+    for name, fig in figures.items():
+        fig.savefig(out / f"{name}.png", dpi=110)
+
+
+def figure_to_array(fig: plt.Figure):
+    """RGB pixels of a figure, the form trackers take images in."""
+    import numpy as np
+
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3]
+
+
+def main(argv=None) -> int:
+    from adder.checkpoint import CheckpointError, load_model
+    from adder.data import DataError, load_mnist
+    from adder.evaluation import evaluate
+    from adder.loss import AdderLoss
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="a train.py --output_dir")
+    p.add_argument("--data_dir", default="data", help="folder holding MNIST/raw/")
+    p.add_argument("--out", type=Path, default=None, help="where the PNG files go (default RUN_DIR/logs)")
+    args = p.parse_args(argv)
+    out = args.out or args.run_dir / "logs"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_file = args.run_dir / "logs" / "metrics.jsonl"
+    if not metrics_file.is_file():
+        sys.exit(f"error: {metrics_file} not found: is {args.run_dir} a train.py --output_dir?")
+    try:
+        model, _ = load_model(args.run_dir / "best.pt")
+        test_set = DeviceMNIST(*load_mnist(args.data_dir, train=False))
+    except (CheckpointError, DataError) as err:
+        sys.exit(f"error: {err}")
+    figures = run_figures(read_metrics(metrics_file), model, test_set, evaluate(model, test_set, AdderLoss()))
+    save_figures(figures, out)
+    print(f"wrote {', '.join(f'{name}.png' for name in figures)} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
