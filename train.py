@@ -30,7 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from adder.checkpoint import load_model, read_checkpoint, save_checkpoint
+from adder.checkpoint import atomic_write_text, load_model, read_checkpoint, save_checkpoint
 from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches
 from adder.evaluation import evaluate
 from adder.loss import AdderLoss
@@ -183,6 +183,8 @@ def main(argv=None) -> int:
         log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {global_step}, best val joint {best_joint:.4%})")
 
     metrics_file = logs_dir / "metrics.jsonl"
+    # One row per finished epoch; a resumed run drops the rows of epochs it is about to redo.
+    epoch_rows = [r for r in read_metrics(metrics_file) if r["epoch"] < start_epoch] if metrics_file.exists() else []
     run_start = time.perf_counter()
     for epoch in range(start_epoch, args.epochs + 1):
         model.train()
@@ -222,10 +224,10 @@ def main(argv=None) -> int:
                  f"{time.perf_counter() - epoch_start:.1f}s total){'  -> best.pt' if improved else ''}")
         accelerator.log({f"val/{k}": v for k, v in scalars(val).items()} | {"epoch": epoch}, step=global_step)
         if accelerator.is_main_process:
-            with metrics_file.open("a") as f:
-                f.write(json.dumps({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
-                                    "train_loss": train_loss, "train_seconds": train_seconds}
-                                   | {f"val_{k}": v for k, v in scalars(val).items()}) + "\n")
+            epoch_rows.append({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
+                               "train_loss": train_loss, "train_seconds": train_seconds}
+                              | {f"val_{k}": v for k, v in scalars(val).items()})
+            atomic_write_text(metrics_file, "".join(json.dumps(row) + "\n" for row in epoch_rows))
             if improved:
                 save_checkpoint(best_path, eval_model, train_config=train_config, epoch=epoch, val_metrics=scalars(val))
         if improved:
@@ -236,15 +238,14 @@ def main(argv=None) -> int:
 
     # Final report: the selected model on the test set, which played no part in training or selection.
     best_model, best_ckpt = load_model(best_path)
-    test = evaluate(best_model.to(device), test_set, loss_fn, rank=rank, world_size=world_size,
-                    autocast=accelerator.autocast)
+    # In fp32, like evaluate.py, so that the two report the same numbers for the same file.
+    test = evaluate(best_model.to(device), test_set, loss_fn, rank=rank, world_size=world_size)
     log.info(f"test (best.pt from epoch {best_ckpt['epoch']}, {test['pairs']:,} pairs): {fmt(test)}")
     accelerator.log({f"test/{k}": v for k, v in scalars(test).items()}, step=global_step)
     if accelerator.is_main_process:
-        (logs_dir / "test_metrics.json").write_text(json.dumps(
+        atomic_write_text(logs_dir / "test_metrics.json", json.dumps(
             {"epoch": best_ckpt["epoch"], "pairs": test["pairs"], "parameters": count_parameters(best_model)}
             | scalars(test) | {"per_sum_acc": test["per_sum_acc"]}, indent=2))
-    if accelerator.is_main_process:
         figures = run_figures(read_metrics(metrics_file), best_model, test_set, test)
         save_figures(figures, logs_dir)
         if accelerator.log_with:

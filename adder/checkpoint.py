@@ -1,4 +1,4 @@
-"""best.pt: a self-describing model file, written atomically and read as untrusted input.
+"""best.pt: a self-describing model file, written atomically and read as untrusted input; atomic file writes.
 
 A checkpoint holds everything needed to rebuild the model from the file alone: the format version, the
 model config, the weights, and for the record the training config, epoch and validation metrics.
@@ -23,17 +23,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message says why."""
 
 
-def atomic_torch_save(obj, path: str | Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+def atomic_write(path: str | Path, write) -> None:
+    """write(tmp_path) to a temporary file beside `path`, then rename: a crash never leaves half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def save_checkpoint(path, model: AdderNet, *, train_config: dict, epoch: int, val_metrics: dict) -> None:
-    atomic_torch_save(
-        {
+    checkpoint = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model_config": model.config.to_dict(),
@@ -41,9 +44,8 @@ def save_checkpoint(path, model: AdderNet, *, train_config: dict, epoch: int, va
             "train_config": train_config,
             "epoch": epoch,
             "val_metrics": val_metrics,
-        },
-        path,
-    )
+    }
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -1,6 +1,7 @@
 """End to end: train.py and evaluate.py run as users run them, on tiny MNIST-format files, on the CPU."""
 
 import json
+import shutil
 import signal
 import time
 
@@ -86,12 +87,24 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
     assert straight_ckpt["epoch"] == resumed_ckpt["epoch"]
     for name, tensor in straight_ckpt["model_state"].items():
         assert torch.equal(tensor, resumed_ckpt["model_state"][name]), name
-    for name in ("straight", "killed"):
-        report = json.loads((tmp_path / name / "logs" / "test_metrics.json").read_text())
-        report.pop("per_sum_acc")
-        if name == "straight":
-            expected = report
-    assert report == expected
+    straight_report, resumed_report = (json.loads((tmp_path / name / "logs" / "test_metrics.json").read_text())
+                                       for name in ("straight", "killed"))
+    assert resumed_report == straight_report
+    rows = [json.loads(line) for line in (killed / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]  # the redone epoch is not logged twice
+
+
+def test_resume_from_an_explicit_state_folder(two_process_run, tiny_mnist, tmp_path):
+    out, _ = two_process_run
+    shutil.copytree(out, tmp_path / "run")
+    state = tmp_path / "run" / "checkpoints" / "epoch_002"
+    result = train(tiny_mnist, tmp_path / "run", "--epochs", "3", "--resume_from_checkpoint", str(state), processes=2)
+    assert f"resumed from {state}" in result.stdout
+    assert (tmp_path / "run" / "logs" / "test_metrics.json").read_text() == (out / "logs" / "test_metrics.json").read_text()
+    resumed, original = ([{k: v for k, v in json.loads(line).items() if k != "train_seconds"}
+                          for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+                         for run in (tmp_path / "run", out))
+    assert resumed == original
 
 
 def test_a_new_run_never_overwrites_an_existing_best_pt(two_process_run, tiny_mnist):
@@ -124,6 +137,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist
     (["--sum_head", "magic"], "--sum_head: invalid choice"),
     (["--lr", "nan"], "--lr: must be a number >= 0"),
     (["--resume_from_checkpoint", "latest"], "no saved training state"),
+    (["--resume_from_checkpoint", "no/such/folder"], "not a complete training state folder"),
 ])
 def test_bad_training_arguments_get_one_clear_error(tiny_mnist, tmp_path, args, message):
     result = train(tiny_mnist, tmp_path, *args, check=False)
