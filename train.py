@@ -189,11 +189,11 @@ def main(argv=None) -> int:
     for epoch in range(start_epoch, args.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
-        batches = train_batches(len(train_set), args.batch_size, args.seed, epoch, rank, world_size)
+        batches = train_batches(len(train_set), args.batch_size, args.seed, epoch, rank, world_size, device)
         window_loss, epoch_loss = torch.zeros((), device=device), torch.zeros((), device=device)
         for step, index in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False,
                                           disable=not accelerator.is_local_main_process), start=1):
-            images, addends, digits, sums = train_set.train_batch(index.to(device), args.seed, epoch, augment)
+            images, addends, digits, sums = train_set.train_batch(index, args.seed, epoch, augment)
             digit_logits, sum_logits = model(images.contiguous(memory_format=torch.channels_last), addends)
             loss = loss_fn(digit_logits, sum_logits, digits, sums)
             accelerator.backward(loss)

@@ -177,15 +177,17 @@ class DeviceMNIST:
         return normalize(self.images[index]), addends, self.labels[index]
 
 
-def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> list[torch.Tensor]:
+def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int,
+                  device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """This process's index batches for one epoch: every image exactly once across all processes.
 
     One shuffle per (seed, epoch), the same on every process, is cut into global batches of
     batch_size * world_size, and each global batch into world_size near-equal shards. Every process
     therefore takes the same number of steps (DDP needs that) and nothing is padded or dropped; only the
-    last shard of an epoch may be a few images shorter.
+    last shard of an epoch may be a few images shorter. The shuffle is drawn on the CPU (the same on every
+    device) and moved to `device` once per epoch.
     """
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(device)
     global_batches = list(order.split(batch_size * world_size))
     if len(global_batches) > 1 and len(global_batches[-1]) < 2 * world_size:
         # Too small to give every process at least two images (BatchNorm needs two): merge it.

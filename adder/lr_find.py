@@ -38,8 +38,8 @@ def lr_range_test(model, data: DeviceMNIST, *, start_lr=1e-5, end_lr=1.0, steps=
     epoch = 0
     while len(lrs) < steps:
         epoch += 1
-        for index in train_batches(len(data), batch_size, seed, epoch, rank=0, world_size=1):
-            images, addends, digits, sums = data.train_batch(index.to(data.device), seed, epoch, augment)
+        for index in train_batches(len(data), batch_size, seed, epoch, rank=0, world_size=1, device=data.device):
+            images, addends, digits, sums = data.train_batch(index, seed, epoch, augment)
             loss = loss_fn(*model(images.contiguous(memory_format=torch.channels_last), addends), digits, sums)
             loss.backward()
             optimizer.step()
