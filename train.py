@@ -100,6 +100,7 @@ def setup_console_log(path: Path, enabled: bool) -> logging.Logger:
     log = logging.getLogger("train")
     log.setLevel(logging.INFO if enabled else logging.WARNING)
     log.propagate = False
+    log.handlers.clear()  # a second run in the same process (the benchmark) starts a fresh log
     for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(path, mode="a")):
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
