@@ -121,6 +121,8 @@ def test_wandb_offline_run_creates_its_run_folder(tiny_mnist, tmp_path):
             env={"WANDB_MODE": "offline"})
     runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    logged_images = {p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "images").glob("*.png")}
+    assert logged_images == {"curves", "test", "confusion"}  # test_predictions_<step>_<hash>.png
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist, tmp_path):
