@@ -88,33 +88,44 @@ _MIX1 = 0xBF58476D1CE4E5B9 - 2**64
 _MIX2 = 0x94D049BB133111EB - 2**64
 
 
-def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
+def _wrap(x):
+    """Python ints wrap to the signed int64 range, as int64 tensors do by themselves."""
+    return x if isinstance(x, torch.Tensor) else (x + 2**63) % 2**64 - 2**63
+
+
+def _shift_right(x, bits: int):
+    """Logical right shift of int64 values (>> is arithmetic on tensors and on negative ints)."""
     return (x >> bits) & ((1 << (64 - bits)) - 1)
 
 
-def _splitmix64(x: torch.Tensor) -> torch.Tensor:
-    x = x + _GOLDEN
-    x = (x ^ _shift_right(x, 30)) * _MIX1
-    x = (x ^ _shift_right(x, 27)) * _MIX2
+def _splitmix64(x):
+    """splitmix64's mixing function, on int64 tensors or on Python ints, with the same bits for both."""
+    x = _wrap(x + _GOLDEN)
+    x = _wrap((x ^ _shift_right(x, 30)) * _MIX1)
+    x = _wrap((x ^ _shift_right(x, 27)) * _MIX2)
     return x ^ _shift_right(x, 31)
 
 
-def counter_hash(index: torch.Tensor, *keys: int) -> torch.Tensor:
+def counter_hash(index: torch.Tensor, *keys: int, draws: int | None = None) -> torch.Tensor:
     """A 53-bit pseudo-random integer per index, a pure function of (keys, index) on any device.
 
     Counter-based rather than a stateful generator: the value for one sample does not depend on which
-    process draws it, in which order, or whether the run was resumed.
+    process draws it, in which order, or whether the run was resumed. The keys are mixed on the host
+    (Python ints, no kernels); only the per-index mixing runs on the device. With `draws`, returns
+    (draws, *index.shape): draw k is keyed by (*keys, k).
     """
-    h = torch.zeros((), dtype=torch.int64, device=index.device)
+    h = 0
     for key in keys:
-        h = _splitmix64(h + key)
-    return _shift_right(_splitmix64(h + index.long()), 11)
+        h = _splitmix64(_wrap(h + key))
+    if draws is not None:
+        h = torch.tensor([_splitmix64(_wrap(h + k)) for k in range(draws)]).to(index.device, non_blocking=True)
+        h = h.view(draws, *[1] * index.dim())
+    return _shift_right(_splitmix64(index.long() + h), 11)
 
 
-def counter_uniform(index: torch.Tensor, *keys: int) -> torch.Tensor:
-    """Uniform floats in [0, 1), one per index, from counter_hash."""
-    return counter_hash(index, *keys).double().div_(2.0**53).float()
+def counter_uniform(index: torch.Tensor, *keys: int, draws: int | None = None) -> torch.Tensor:
+    """Uniform floats in [0, 1), one per index (and draw), from counter_hash."""
+    return counter_hash(index, *keys, draws=draws).double().div_(2.0**53).float()
 
 
 STREAM_ADDEND, STREAM_AUGMENT = 0, 1
@@ -138,7 +149,7 @@ def random_affine(
     `translate` is a fraction of the image size; digits are never flipped (a flipped 2 is not a 2).
     Works on images in [0, 1] so that the zero padding is the black background.
     """
-    u = [counter_uniform(index, seed, epoch, STREAM_AUGMENT, k) * 2 - 1 for k in range(4)]  # each in [-1, 1)
+    u = counter_uniform(index, seed, epoch, STREAM_AUGMENT, draws=4) * 2 - 1  # (4, B), each in [-1, 1)
     angle = u[0] * math.radians(degrees)
     zoom = 1 + u[1] * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
