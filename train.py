@@ -166,7 +166,9 @@ def main(argv=None) -> int:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     eval_model = accelerator.unwrap_model(model)  # evaluation runs per process, outside DDP
 
-    train_config = {k: v for k, v in vars(args).items()}
+    train_config = dict(vars(args))
+    if args.report_to == "wandb" and not accelerator.log_with:
+        log.warning("wandb is not installed: tracking is off (pip install wandb, or --report_to none to silence this)")
     wandb_kwargs = wandb_init_kwargs(str(logs_dir), args.run_name)
     if accelerator.log_with:
         accelerator.init_trackers("mnist-adder", config=train_config, init_kwargs={"wandb": wandb_kwargs})
