@@ -21,13 +21,14 @@ def test_real_test_set_evaluates_identically_with_one_and_two_processes(real_mni
 
 
 def test_two_epochs_on_real_mnist_reach_a_sane_accuracy(real_mnist, tmp_path):
-    # Two epochs with a narrow net keep this under two minutes on two CPU cores. The bar: digit accuracy
-    # >= 97 % (a linear classifier gets about 92 %, so this needs a working CNN and input pipeline) and
-    # joint >= 90 % on all 100,000 test pairs (the sum head has learnt most of the addition table).
+    # The default model for two epochs (about 75 s on two CPU cores; measured 98.66 % digit, 98.62 % joint,
+    # 99.87 % consistency). The bar: a linear classifier gets about 92 % digits and a pipeline that pairs
+    # images with the wrong labels or sums gets far less, so >= 98 % digits needs a working CNN and input
+    # pipeline, and >= 97.5 % joint with >= 99.5 % consistency needs a sum head that has learnt the addition.
     result = run_cli(["train.py", "--cpu", "--data_dir", str(real_mnist), "--output_dir", str(tmp_path),
-                      "--epochs", "2", "--widths", "8", "12", "16", "16", "24", "--report_to", "none"],
-                     env={"OMP_NUM_THREADS": "2"}, timeout=900)
+                      "--epochs", "2", "--report_to", "none"], env={"OMP_NUM_THREADS": "2"}, timeout=900)
     report = json.loads((tmp_path / "logs" / "test_metrics.json").read_text())
     assert report["pairs"] == 100_000, result.stdout
-    assert report["digit_acc"] >= 0.97, report
-    assert report["joint_acc"] >= 0.90, report
+    assert report["digit_acc"] >= 0.98, report
+    assert report["joint_acc"] >= 0.975, report
+    assert report["consistency"] >= 0.995, report

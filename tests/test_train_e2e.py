@@ -54,7 +54,9 @@ def test_evaluation_is_exact_and_identical_with_one_and_two_processes(two_proces
     assert one["pairs"] == two["pairs"] == 510
     for name in ("digit_acc", "sum_acc", "joint_acc", "consistency", "per_sum_acc"):
         assert one[name] == two[name], name
-    assert one["loss"] == pytest.approx(two["loss"], rel=1e-9, abs=1e-12)  # a sum in another order
+    # Counts are exact; the mean loss sums float32 per-pair losses that the two runs compute in different
+    # batches (so with different kernels' rounding): it agrees to float32 precision.
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-6)
     train_report = json.loads((out / "logs" / "test_metrics.json").read_text())
     assert one["joint_acc"] == train_report["joint_acc"]
 
