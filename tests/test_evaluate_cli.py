@@ -74,9 +74,13 @@ def test_bad_checkpoints_get_one_clear_error(tmp_path, write, message):
 
 
 def test_missing_data_gets_one_clear_error(ckpt, tmp_path):
+    # A proxy on a closed local port: the download fails at once, with or without a real network.
+    dead_proxy = "http://127.0.0.1:9"
     result = run_cli(["evaluate.py", "--ckpt", str(ckpt), "--data_dir", str(tmp_path), "--cpu"], check=False,
-                     env={"NO_PROXY": "*"})
-    assert result.returncode != 0 and "error: MNIST is not in" in result.stderr
+                     env={"http_proxy": dead_proxy, "https_proxy": dead_proxy, "HTTP_PROXY": dead_proxy,
+                          "HTTPS_PROXY": dead_proxy, "no_proxy": "", "NO_PROXY": ""})
+    assert result.returncode != 0 and "error: MNIST is not in" in result.stderr and "downloading it failed" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_lr_range_test_sweeps_and_suggests(tiny_mnist):

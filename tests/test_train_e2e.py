@@ -149,7 +149,7 @@ def test_bad_training_arguments_get_one_clear_error(tiny_mnist, tmp_path, args, 
     assert "Traceback" not in result.stderr
 
 
-def test_missing_data_without_download(tmp_path):
+def test_damaged_archive_gets_one_clear_error(tmp_path):
     (tmp_path / "data" / "MNIST" / "raw").mkdir(parents=True)
     (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"garbage")
     result = train(tmp_path / "data", tmp_path / "out", "--epochs", "1", check=False)
