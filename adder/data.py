@@ -33,8 +33,8 @@ class DataError(RuntimeError):
 def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 28, 28) uint8 and labels (N,) int64 of one MNIST split, through torchvision.
 
-    torchvision verifies the md5 of the *.gz archives it extracts; reading errors of the extracted IDX
-    files are turned into one message that names the file.
+    torchvision extracts the *.gz archives (after an md5 check) or downloads them; anything that goes wrong
+    becomes one DataError that names the folder or file and says what to do.
     """
     raw = Path(data_dir) / "MNIST" / "raw"
     split = "train" if train else "t10k"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -17,14 +19,15 @@ def evaluate(model: nn.Module, data: DeviceMNIST, loss_fn: AdderLoss, *, batch_s
 
     Each process scores its own disjoint shard of images; torchmetrics sums the counts across processes
     in compute(). `model` must be the unwrapped module: the shards may differ by one batch, and a DDP
-    forward would then wait for a peer that has none left.
+    forward would then wait for a peer that has none left. `autocast` is e.g. accelerator.autocast; without
+    it the evaluation runs in fp32.
     """
     model.eval()
     metrics = AdderMetrics().to(data.device)
     for index in eval_batches(len(data), batch_size, rank, world_size):
         images, addends, digits = data.eval_batch(index.to(data.device))
         images = images.contiguous(memory_format=torch.channels_last)
-        with autocast() if autocast else torch.autocast(data.device.type, enabled=False):
+        with (autocast or contextlib.nullcontext)():
             digit_logits, sum_logits = model(images, addends)  # (B, 10), (B, 10 addends, 19)
         # One row per pair: the digit answer is shared by an image's ten pairs.
         pair_digit_logits = digit_logits.float().repeat_interleave(NUM_ADDENDS, 0)
