@@ -196,7 +196,8 @@ def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
     batch_size * world_size, and each global batch into world_size near-equal shards. Every process
     therefore takes the same number of steps (DDP needs that) and nothing is padded or dropped; only the
     last shard of an epoch may be a few images shorter. The shuffle is drawn on the CPU (the same on every
-    device) and moved to `device` once per epoch.
+    device) and moved to `device` once per epoch. (A DataLoader prepared by accelerate would instead pad
+    the last batch with repeated images, so that some images would be seen twice per epoch.)
     """
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(device)
     global_batches = list(order.split(batch_size * world_size))

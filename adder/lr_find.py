@@ -6,6 +6,9 @@ watch the loss (Smith, "Cyclical Learning Rates for Training Neural Networks", 2
 Trains a fresh default model with the same data, augmentation, loss and optimiser as train.py, writes
 logs/lr_find.png and logs/lr_find.json, and prints the suggested peak learning rate for --lr: the rate
 where the smoothed loss falls fastest. train.py's one-cycle schedule peaks at --lr.
+
+Written here rather than taken from torch-lr-finder, which wants (input, label) batches from a DataLoader:
+this model takes two inputs, and its batches come from device tensors.
 """
 
 from __future__ import annotations
