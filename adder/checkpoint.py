@@ -24,28 +24,32 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """write(tmp_path) to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    """write(f) into a temporary file beside `path`, flushed to disk, then renamed over `path`:
+    a crash at any moment leaves either the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(path, model: AdderNet, *, train_config: dict, epoch: int, val_metrics: dict) -> None:
     checkpoint = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model_config": model.config.to_dict(),
-            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "train_config": train_config,
-            "epoch": epoch,
-            "val_metrics": val_metrics,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train_config": train_config,
+        "epoch": epoch,
+        "val_metrics": val_metrics,
     }
-    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def read_checkpoint(path: str | Path) -> dict:
