@@ -4,8 +4,8 @@ One GPU (the shipped config: one process, bf16):
     accelerate launch --config_file accelerate_config.yaml train.py
 Whatever `accelerate config` set up (several GPUs, several nodes), or accelerate's defaults:
     accelerate launch train.py
-CPU only, offline, with MNIST already on disk:
-    python train.py --cpu --data_dir ../shared/data
+CPU only, offline, with the MNIST archives in a writable DIR/MNIST/raw/ (torchvision extracts them there):
+    python train.py --cpu --data_dir DIR
 Continue a run that stopped (crash, kill, pre-emption) from its last saved epoch:
     accelerate launch train.py --resume_from_checkpoint latest
 
@@ -35,8 +35,8 @@ from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, trai
 from adder.evaluation import evaluate
 from adder.loss import AdderLoss
 from adder.metrics import scalars
-from adder.plots import figure_to_array, read_metrics, run_figures, save_figures
 from adder.model import SUM_HEADS, AdderNet, ModelConfig, count_parameters
+from adder.plots import figure_to_array, read_metrics, run_figures, save_figures
 from adder.tracking import wandb_init_kwargs
 from adder.training_state import load_training_state, resolve_state, save_training_state
 
@@ -50,8 +50,8 @@ def positive_int(text: str) -> int:
 
 def non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     train_config = dict(vars(args))
     if args.report_to == "wandb" and not accelerator.log_with:
         log.warning("wandb is not installed: tracking is off (pip install wandb, or --report_to none to silence this)")
-    wandb_kwargs = wandb_init_kwargs(str(logs_dir), args.run_name)
+    wandb_kwargs = wandb_init_kwargs(str(logs_dir), args.run_name) if accelerator.log_with else {}
     if accelerator.log_with:
         accelerator.init_trackers("mnist-adder", config=train_config, init_kwargs={"wandb": wandb_kwargs})
 

@@ -139,7 +139,8 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist
     (["--batch_size", "-4"], "--batch_size: must be a positive integer"),
     (["--mixed_precision", "fp12"], "--mixed_precision: invalid choice"),
     (["--sum_head", "magic"], "--sum_head: invalid choice"),
-    (["--lr", "nan"], "--lr: must be a number >= 0"),
+    (["--lr", "nan"], "--lr: must be a finite number >= 0"),
+    (["--lr", "inf"], "--lr: must be a finite number >= 0"),
     (["--resume_from_checkpoint", "latest"], "no saved training state"),
     (["--resume_from_checkpoint", "no/such/folder"], "not a complete training state folder"),
 ])
