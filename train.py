@@ -27,11 +27,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast, set_seed
 from tqdm.auto import tqdm
 
 from adder.checkpoint import atomic_write_text, load_model, read_checkpoint, save_checkpoint
 from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches
+from adder.ema import moving_average
 from adder.evaluation import evaluate
 from adder.loss import AdderLoss
 from adder.metrics import scalars
@@ -52,6 +53,13 @@ def non_negative_float(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def decay_rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
@@ -77,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--sum_weight", type=non_negative_float, default=1.0, help="weight of the sum loss vs the digit loss")
     p.add_argument("--label_smoothing", type=non_negative_float, default=0.0, help="cross-entropy label smoothing")
+    p.add_argument("--ema_decay", type=decay_rate, default=0.999,
+                   help="decay of the weights' moving average that is validated and saved (0: the raw weights)")
     p.add_argument("--seed", type=int, default=42, help="seeds initialisation, shuffling, addends and augmentation")
     # hardware
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
@@ -164,7 +174,12 @@ def main(argv=None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    eval_model = accelerator.unwrap_model(model)  # evaluation runs per process, outside DDP
+    raw_model = accelerator.unwrap_model(model)
+    # The model that is validated, saved and tested: a moving average of the weights (and of BatchNorm's
+    # statistics) over the last ~1/(1-decay) steps, which smooths out the noise of the last updates.
+    ema = moving_average(raw_model, args.ema_decay)
+    accelerator.register_for_checkpointing(ema)  # part of the training state, so a resumed run is identical
+    eval_model = ema.module  # evaluation runs per process, outside DDP
 
     train_config = dict(vars(args))
     if args.report_to == "wandb" and not accelerator.log_with:
@@ -203,6 +218,7 @@ def main(argv=None) -> int:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            ema.update_parameters(raw_model)
             global_step += 1
             window_loss += loss.detach()
             if step % args.log_every == 0 or step == len(batches):
@@ -221,6 +237,10 @@ def main(argv=None) -> int:
         train_seconds = time.perf_counter() - epoch_start
         train_loss = accelerator.reduce(epoch_loss, "mean").item() / len(batches)
 
+        # DDP runs each forward with rank 0's BatchNorm statistics, but every process's last update of them
+        # stays local; the average takes rank 0's, so all processes validate (and a resumed run continues)
+        # the same model.
+        broadcast(list(eval_model.buffers()), from_process=0)
         val = evaluate(eval_model, val_set, loss_fn, rank=rank, world_size=world_size, autocast=accelerator.autocast)
         improved = val["joint_acc"] > best_joint
         log.info(f"epoch {epoch:2d}/{args.epochs}  val: {fmt(val)}  ({train_seconds:.1f}s train, "
