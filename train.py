@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no_augment", action="store_true", help="train on the images as they are")
     p.add_argument("--rotate", type=non_negative_float, default=10.0, help="augmentation: max rotation, degrees")
     p.add_argument("--shift", type=non_negative_float, default=0.1, help="augmentation: max shift, fraction of the width")
+    p.add_argument("--distort", type=non_negative_float, default=0.0,
+                   help="augmentation: max elastic displacement, pixels")
     p.add_argument("--zoom", type=non_negative_float, default=0.1, help="augmentation: max zoom in or out, fraction")
     # model
     p.add_argument("--widths", type=positive_int, nargs=5, default=ModelConfig().widths, help="channels of the 5 convs")
@@ -85,8 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--sum_weight", type=non_negative_float, default=1.0, help="weight of the sum loss vs the digit loss")
     p.add_argument("--label_smoothing", type=non_negative_float, default=0.0, help="cross-entropy label smoothing")
-    p.add_argument("--ema_decay", type=decay_rate, default=0.999,
-                   help="decay of the weights' moving average that is validated and saved (0: the raw weights)")
+    p.add_argument("--ema_decay", type=decay_rate, default=0.0,
+                   help="validate and save a moving average of the weights with this decay, e.g. 0.999 (0: off)")
     p.add_argument("--seed", type=int, default=42, help="seeds initialisation, shuffling, addends and augmentation")
     # hardware
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
@@ -161,7 +163,8 @@ def main(argv=None) -> int:
     train_set = DeviceMNIST(train_images, train_labels, device)
     val_set = DeviceMNIST(val_images, val_labels, device)
     test_set = DeviceMNIST(test_images, test_labels, device)
-    augment = None if args.no_augment else {"degrees": args.rotate, "translate": args.shift, "scale": args.zoom}
+    augment = None if args.no_augment else {"degrees": args.rotate, "translate": args.shift, "scale": args.zoom,
+                                            "distort": args.distort}
     steps_per_epoch = len(train_batches(len(train_set), args.batch_size, args.seed, 0, rank, world_size))
     log.info(f"data: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test images; "
              f"validation and test score every image with all 10 addends; {steps_per_epoch} steps per epoch")

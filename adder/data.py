@@ -128,7 +128,8 @@ def counter_uniform(index: torch.Tensor, *keys: int, draws: int | None = None) -
     return counter_hash(index, *keys, draws=draws).double().div_(2.0**53).float()
 
 
-STREAM_ADDEND, STREAM_AUGMENT = 0, 1
+STREAM_ADDEND, STREAM_AUGMENT, STREAM_DISTORT = 0, 1, 2
+DISTORT_POINTS = 4  # control points per side of the elastic distortion's displacement field
 
 
 def train_addends(index: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
@@ -141,12 +142,15 @@ def normalize(images_u8: torch.Tensor) -> torch.Tensor:
     return (images_u8.unsqueeze(1).float() / 255.0 - MNIST_MEAN) / MNIST_STD
 
 
-def random_affine(
-    images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int, degrees: float, translate: float, scale: float
+def random_warp(
+    images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int, degrees: float, translate: float, scale: float,
+    distort: float = 0.0,
 ) -> torch.Tensor:
-    """Batched small rotations, shifts and zooms on the device; parameters drawn per (seed, epoch, index).
+    """Batched small rotations, shifts, zooms and elastic distortions on the device, drawn per (seed, epoch, index).
 
-    `translate` is a fraction of the image size; digits are never flipped (a flipped 2 is not a 2).
+    `translate` is a fraction of the image size; `distort` is the largest displacement, in pixels, of the
+    control points of a smooth random displacement field (an elastic distortion, as in Simard et al. 2003,
+    with a coarse grid instead of a Gaussian-filtered one). Digits are never flipped (a flipped 2 is not a 2).
     Works on images in [0, 1] so that the zero padding is the black background.
     """
     u = counter_uniform(index, seed, epoch, STREAM_AUGMENT, draws=4) * 2 - 1  # (4, B), each in [-1, 1)
@@ -158,6 +162,11 @@ def random_affine(
         [torch.stack([cos, -sin, u[2] * 2 * translate], -1), torch.stack([sin, cos, u[3] * 2 * translate], -1)], -2
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    if distort:
+        points = counter_uniform(index, seed, epoch, STREAM_DISTORT, draws=2 * DISTORT_POINTS**2) * 2 - 1
+        field = points.T.reshape(-1, 2, DISTORT_POINTS, DISTORT_POINTS)
+        field = F.interpolate(field, size=images.shape[-2:], mode="bicubic", align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1) * (2 * distort / images.shape[-1])
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -176,7 +185,7 @@ class DeviceMNIST:
         """(image, addend, digit, sum) for training images `index` in `epoch`."""
         images = self.images[index].unsqueeze(1).float() / 255.0
         if augment:
-            images = random_affine(images, index, seed, epoch, **augment)
+            images = random_warp(images, index, seed, epoch, **augment)
         images = (images - MNIST_MEAN) / MNIST_STD
         digits = self.labels[index]
         addends = train_addends(index, seed, epoch)

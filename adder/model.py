@@ -31,7 +31,7 @@ OUTER_GAIN = 10.0
 
 @dataclass
 class ModelConfig:
-    widths: list[int] = field(default_factory=lambda: [16, 24, 32, 32, 48])  # channels of the five 3x3 convs
+    widths: list[int] = field(default_factory=lambda: [16, 32, 32, 40, 48])  # channels of the five 3x3 convs
     sum_head: str = "outer"  # how digit and addend meet: outer | concat_probs | concat_features
     sum_hidden: int = 64  # hidden units of the MLP of the concat_* sum heads
 

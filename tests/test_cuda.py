@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from adder.data import DeviceMNIST, load_mnist, random_affine, train_addends, train_batches
+from adder.data import DeviceMNIST, load_mnist, random_warp, train_addends, train_batches
 from conftest import TINY_MODEL, run_cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -22,8 +22,8 @@ def test_addends_and_shuffles_do_not_depend_on_the_device():
 def test_augmentation_matches_the_cpu(tiny_mnist):
     data = DeviceMNIST(*load_mnist(tiny_mnist, train=True, download=False))
     index = torch.arange(64)
-    cpu = random_affine(data.images[index].unsqueeze(1).float() / 255, index, 0, 1, 10, 0.1, 0.1)
-    gpu = random_affine(data.images[index].cuda().unsqueeze(1).float() / 255, index.cuda(), 0, 1, 10, 0.1, 0.1)
+    cpu = random_warp(data.images[index].unsqueeze(1).float() / 255, index, 0, 1, 10, 0.1, 0.1)
+    gpu = random_warp(data.images[index].cuda().unsqueeze(1).float() / 255, index.cuda(), 0, 1, 10, 0.1, 0.1)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
 
 

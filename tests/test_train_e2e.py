@@ -10,7 +10,8 @@ import torch
 
 from conftest import TINY_MODEL, run_cli
 
-FAST = ["--cpu", "--val_size", "100", "--batch_size", "32", "--lr", "0.03", "--log_every", "5", "--report_to", "none", *TINY_MODEL]
+FAST = ["--cpu", "--val_size", "100", "--batch_size", "32", "--lr", "0.03", "--log_every", "5", "--report_to", "none",
+        "--ema_decay", "0.9", *TINY_MODEL]  # the EMA on, so resuming and 2 processes cover its state
 
 
 def train(data_dir, out_dir, *extra, processes=1, **kwargs):
