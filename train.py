@@ -71,9 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no_augment", action="store_true", help="train on the images as they are")
     p.add_argument("--rotate", type=non_negative_float, default=10.0, help="augmentation: max rotation, degrees")
     p.add_argument("--shift", type=non_negative_float, default=0.1, help="augmentation: max shift, fraction of the width")
-    p.add_argument("--distort", type=non_negative_float, default=0.0,
-                   help="augmentation: max elastic displacement, pixels")
     p.add_argument("--zoom", type=non_negative_float, default=0.1, help="augmentation: max zoom in or out, fraction")
+    p.add_argument("--distort", type=non_negative_float, default=0.0,
+                   help="augmentation: max elastic displacement, pixels (0: none)")
     # model
     p.add_argument("--widths", type=positive_int, nargs=5, default=ModelConfig().widths, help="channels of the 5 convs")
     p.add_argument("--sum_head", choices=SUM_HEADS, default=ModelConfig().sum_head,
@@ -178,8 +178,9 @@ def main(argv=None) -> int:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw_model = accelerator.unwrap_model(model)
-    # The model that is validated, saved and tested: a moving average of the weights (and of BatchNorm's
-    # statistics) over the last ~1/(1-decay) steps, which smooths out the noise of the last updates.
+    # The model that is validated, saved and tested. With --ema_decay > 0, a moving average of the weights (and
+    # of BatchNorm's statistics) over the last ~1/(1-decay) steps, which smooths out the noise of the updates;
+    # with 0 (the default) it follows the weights exactly.
     ema = moving_average(raw_model, args.ema_decay)
     accelerator.register_for_checkpointing(ema)  # part of the training state, so a resumed run is identical
     eval_model = ema.module  # evaluation runs per process, outside DDP
