@@ -178,12 +178,13 @@ def main(argv=None) -> int:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw_model = accelerator.unwrap_model(model)
-    # The model that is validated, saved and tested. With --ema_decay > 0, a moving average of the weights (and
-    # of BatchNorm's statistics) over the last ~1/(1-decay) steps, which smooths out the noise of the updates;
-    # with 0 (the default) it follows the weights exactly.
-    ema = moving_average(raw_model, args.ema_decay)
-    accelerator.register_for_checkpointing(ema)  # part of the training state, so a resumed run is identical
-    eval_model = ema.module  # evaluation runs per process, outside DDP
+    # The model that is validated, saved and tested: the weights themselves, or with --ema_decay a moving
+    # average of them (and of BatchNorm's statistics) over the last ~1/(1-decay) steps. The average is only
+    # built when asked for: its update waits for the device once a step (see adder/ema.py).
+    ema = moving_average(raw_model, args.ema_decay) if args.ema_decay else None
+    if ema:
+        accelerator.register_for_checkpointing(ema)  # part of the training state, so a resumed run is identical
+    eval_model = ema.module if ema else raw_model  # evaluation runs per process, outside DDP
 
     train_config = dict(vars(args))
     if args.report_to == "wandb" and not accelerator.log_with:
@@ -222,7 +223,8 @@ def main(argv=None) -> int:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            ema.update_parameters(raw_model)
+            if ema:
+                ema.update_parameters(raw_model)
             global_step += 1
             window_loss += loss.detach()
             if step % args.log_every == 0 or step == len(batches):
@@ -242,8 +244,8 @@ def main(argv=None) -> int:
         train_loss = accelerator.reduce(epoch_loss, "mean").item() / len(batches)
 
         # DDP runs each forward with rank 0's BatchNorm statistics, but every process's last update of them
-        # stays local; the average takes rank 0's, so all processes validate (and a resumed run continues)
-        # the same model.
+        # stays local; taking rank 0's here makes all processes validate (and a resumed run continue) the same
+        # model.
         broadcast(list(eval_model.buffers()), from_process=0)
         val = evaluate(eval_model, val_set, loss_fn, rank=rank, world_size=world_size, autocast=accelerator.autocast)
         improved = val["joint_acc"] > best_joint
