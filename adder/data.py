@@ -111,15 +111,14 @@ def counter_hash(index: torch.Tensor, *keys: int, draws: int | None = None) -> t
 
     Counter-based rather than a stateful generator: the value for one sample does not depend on which
     process draws it, in which order, or whether the run was resumed. The keys are mixed on the host
-    (Python ints, no kernels); only the per-index mixing runs on the device. With `draws`, returns
-    (draws, *index.shape): draw k is keyed by (*keys, k).
+    (Python ints, no kernels); the draws and the per-index mixing run on the device, so nothing is copied
+    from the host. With `draws`, returns (draws, *index.shape): draw k is keyed by (*keys, k).
     """
     h = 0
     for key in keys:
         h = _splitmix64(_wrap(h + key))
     if draws is not None:
-        h = torch.tensor([_splitmix64(_wrap(h + k)) for k in range(draws)]).to(index.device, non_blocking=True)
-        h = h.view(draws, *[1] * index.dim())
+        h = _splitmix64(torch.arange(draws, device=index.device) + h).view(draws, *[1] * index.dim())
     return _shift_right(_splitmix64(index.long() + h), 11)
 
 

@@ -2,8 +2,9 @@
 
 torch.optim.swa_utils.AveragedModel keeps the average (of the parameters and of BatchNorm's running
 statistics); this module only gives it its update rule, which is `get_ema_multi_avg_fn`'s plus a warm-up.
-AveragedModel keeps its update counter on the host and copies it to the device at every update, which on a
-GPU makes the host wait for the device once a step; train.py therefore builds it only with --ema_decay > 0.
+AveragedModel keeps its update counter in host memory and copies it to the device at every update; CUDA
+documents such a copy from pageable memory as waiting for the stream first, so on a GPU the host would wait
+for the device once a step. train.py therefore builds it only with --ema_decay > 0.
 """
 
 from __future__ import annotations

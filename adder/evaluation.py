@@ -19,8 +19,9 @@ def evaluate(model: nn.Module, data: DeviceMNIST, loss_fn: AdderLoss, *, batch_s
 
     Each process scores its own disjoint shard of images; torchmetrics sums the counts across processes
     in compute(). (With a DataLoader prepared by accelerate, gather_for_metrics would drop the padding it
-    adds; here nothing is padded, so there is nothing to gather or drop.) `model` must be the unwrapped module: the shards may differ by one batch, and a DDP
-    forward would then wait for a peer that has none left. `autocast` is e.g. accelerator.autocast; without
+    adds; here nothing is padded, so there is nothing to gather or drop.) `model` must be the unwrapped
+    module: the shards may differ by one batch, and a DDP forward would then wait for a peer that has none
+    left. `autocast` is e.g. accelerator.autocast; without
     it the evaluation runs in fp32.
     """
     model.eval()
