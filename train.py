@@ -49,6 +49,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def conv_stage(text: str) -> list[int]:
+    """'16,24' -> [16, 24]: the channels of one resolution's convs."""
+    return [positive_int(part) for part in text.split(",")]
+
+
 def non_negative_float(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
@@ -75,7 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--distort", type=non_negative_float, default=0.0,
                    help="augmentation: max elastic displacement, pixels (0: none)")
     # model
-    p.add_argument("--widths", type=positive_int, nargs=5, default=ModelConfig().widths, help="channels of the 5 convs")
+    p.add_argument("--widths", type=conv_stage, nargs=3, default=ModelConfig().widths, metavar="C[,C...]",
+                   help="channels of the 3x3 convs at 28x28, 14x14 and 7x7, default 16,24 24,32 40,48")
     p.add_argument("--sum_head", choices=SUM_HEADS, default=ModelConfig().sum_head,
                    help="how digit and addend meet (see adder/model.py)")
     p.add_argument("--sum_hidden", type=positive_int, default=ModelConfig().sum_hidden,

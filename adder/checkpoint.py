@@ -16,7 +16,7 @@ import torch
 from adder.model import AdderNet, ModelConfig
 
 FORMAT = "mnist-adder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):

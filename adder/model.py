@@ -31,16 +31,25 @@ OUTER_GAIN = 10.0
 
 @dataclass
 class ModelConfig:
-    widths: list[int] = field(default_factory=lambda: [16, 32, 32, 40, 48])  # channels of the five 3x3 convs
+    # channels of the 3x3 convs at 28x28, at 14x14 (after a 2x2 max-pool) and at 7x7 (after another)
+    widths: list[list[int]] = field(default_factory=lambda: [[16, 24], [24, 32], [40, 48]])
     sum_head: str = "outer"  # how digit and addend meet: outer | concat_probs | concat_features
     sum_hidden: int = 64  # hidden units of the MLP of the concat_* sum heads
 
     def __post_init__(self):
-        self.widths = [int(w) for w in self.widths]
-        if len(self.widths) != 5 or min(self.widths) < 1:
-            raise ValueError(f"widths must be five positive channel counts, got {self.widths}")
+        try:
+            self.widths = [[int(w) for w in stage] for stage in self.widths]
+        except (TypeError, ValueError):
+            raise ValueError(f"widths must be three lists of channel counts, got {self.widths!r}") from None
+        if len(self.widths) != 3 or not all(stage and min(stage) >= 1 for stage in self.widths):
+            raise ValueError(f"widths must be three non-empty lists of positive channel counts (at 28x28, 14x14 "
+                             f"and 7x7), got {self.widths}")
         if self.sum_head not in SUM_HEADS:
             raise ValueError(f"sum_head must be one of {SUM_HEADS}, got {self.sum_head!r}")
+
+    @property
+    def feature_size(self) -> int:
+        return self.widths[-1][-1]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,23 +63,19 @@ class AdderNet(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config or ModelConfig()
-        w = self.config.widths
-        self.features = nn.Sequential(
-            conv_block(1, w[0]),
-            conv_block(w[0], w[1]),
-            nn.MaxPool2d(2),  # 28 -> 14
-            conv_block(w[1], w[2]),
-            conv_block(w[2], w[3]),
-            nn.MaxPool2d(2),  # 14 -> 7
-            conv_block(w[3], w[4]),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.digit_head = nn.Linear(w[4], NUM_DIGITS)
+        layers, channels = [], 1
+        for resolution, stage in enumerate(self.config.widths):
+            if resolution:
+                layers.append(nn.MaxPool2d(2))  # 28 -> 14 -> 7
+            for width in stage:
+                layers.append(conv_block(channels, width))
+                channels = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.digit_head = nn.Linear(channels, NUM_DIGITS)
         if self.config.sum_head == "outer":
             self.sum_head = nn.Linear(NUM_DIGITS * NUM_DIGITS, NUM_SUMS)
         else:
-            read_size = NUM_DIGITS if self.config.sum_head == "concat_probs" else w[4]
+            read_size = NUM_DIGITS if self.config.sum_head == "concat_probs" else self.config.feature_size
             self.sum_head = nn.Sequential(
                 nn.Linear(read_size + NUM_DIGITS, self.config.sum_hidden),
                 nn.ReLU(inplace=True),

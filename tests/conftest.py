@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "MNIST" / "raw"
-TINY_MODEL = ["--widths", "4", "4", "8", "8", "8", "--sum_hidden", "16"]
+TINY_MODEL = ["--widths", "4,4", "8,8", "8", "--sum_hidden", "16"]
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -9,7 +9,7 @@ from adder.model import AdderNet, ModelConfig
 
 
 def save_small(path, **config):
-    model = AdderNet(ModelConfig(widths=[4, 4, 8, 8, 8], **config))
+    model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]], **config))
     save_checkpoint(path, model, train_config={"sum_weight": 1.0}, epoch=3, val_metrics={"joint_acc": 0.5})
     return model
 
@@ -81,7 +81,7 @@ def test_other_version(tmp_path):
 def test_other_architecture(tmp_path):
     save_small(tmp_path / "best.pt")
     ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
-    torch.save(ckpt | {"model_config": ckpt["model_config"] | {"widths": [8, 8, 8, 8, 8]}}, tmp_path / "mismatch.pt")
+    torch.save(ckpt | {"model_config": ckpt["model_config"] | {"widths": [[8, 8], [8, 8], [8]]}}, tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="weights do not fit the model"):
         load_model(tmp_path / "mismatch.pt")
     torch.save(ckpt | {"model_config": {"depth": 3}}, tmp_path / "unknown.pt")

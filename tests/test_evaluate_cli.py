@@ -18,7 +18,7 @@ from conftest import run_cli
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     torch.manual_seed(0)
-    model = AdderNet(ModelConfig(widths=[4, 4, 8, 8, 8]))
+    model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]]))
     save_checkpoint(path, model, train_config={"sum_weight": 1.0, "label_smoothing": 0.0}, epoch=1,
                     val_metrics={"joint_acc": 0.1})
     return path
@@ -86,7 +86,7 @@ def test_missing_data_gets_one_clear_error(ckpt, tmp_path):
 def test_lr_range_test_sweeps_and_suggests(tiny_mnist):
     images, labels = load_mnist(tiny_mnist, train=True, download=False)
     torch.manual_seed(0)
-    lrs, losses = lr_range_test(AdderNet(ModelConfig(widths=[4, 4, 8, 8, 8])), DeviceMNIST(images, labels),
+    lrs, losses = lr_range_test(AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]])), DeviceMNIST(images, labels),
                                 steps=40, batch_size=64, end_lr=10.0)
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-5)
     assert lrs[0] <= suggest(lrs, losses) <= lrs[-1]
@@ -95,7 +95,7 @@ def test_lr_range_test_sweeps_and_suggests(tiny_mnist):
 def test_plots_module_writes_the_figures(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     run_cli(["train.py", "--cpu", "--data_dir", str(tiny_mnist), "--output_dir", str(out), "--epochs", "1",
-             "--val_size", "100", "--batch_size", "64", "--report_to", "none", "--widths", "4", "4", "8", "8", "8"])
+             "--val_size", "100", "--batch_size", "64", "--report_to", "none", "--widths", "4,4", "8,8", "8"])
     for name in ("curves.png", "test_predictions.png", "confusion.png"):
         (out / "logs" / name).unlink()
     run_cli(["-m", "adder.plots", str(out), "--data_dir", str(tiny_mnist)])

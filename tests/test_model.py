@@ -51,8 +51,10 @@ def test_bad_inputs_get_clear_errors(images, addends, message):
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"widths": [8, 8, 8]}, "widths must be five"),
-    ({"widths": [8, 8, 0, 8, 8]}, "widths must be five"),
+    ({"widths": [[8], [8]]}, "widths must be three"),
+    ({"widths": [[8], [], [8]]}, "widths must be three"),
+    ({"widths": [[8], [8, 0], [8]]}, "widths must be three"),
+    ({"widths": [8, 8, 8, 8, 8]}, "widths must be three"),
     ({"sum_head": "magic"}, "sum_head must be one of"),
 ])
 def test_bad_configs_get_clear_errors(config, message):

@@ -36,7 +36,7 @@ def test_two_process_training_writes_a_self_describing_best_pt(two_process_run):
     out, result = two_process_run
     assert "2 process(es)" in result.stdout
     ckpt = torch.load(out / "best.pt", weights_only=True)
-    assert ckpt["model_config"]["widths"] == [4, 4, 8, 8, 8] and 1 <= ckpt["epoch"] <= 3
+    assert ckpt["model_config"]["widths"] == [[4, 4], [8, 8], [8]] and 1 <= ckpt["epoch"] <= 3
     assert set(ckpt["val_metrics"]) >= {"digit_acc", "sum_acc", "joint_acc", "consistency", "loss"}
     epochs = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
@@ -140,6 +140,8 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist
     (["--batch_size", "-4"], "--batch_size: must be a positive integer"),
     (["--mixed_precision", "fp12"], "--mixed_precision: invalid choice"),
     (["--sum_head", "magic"], "--sum_head: invalid choice"),
+    (["--widths", "8,0", "8", "8"], "--widths: must be a positive integer"),
+    (["--widths", "8,8", "8"], "--widths: expected 3 arguments"),
     (["--lr", "nan"], "--lr: must be a finite number >= 0"),
     (["--lr", "inf"], "--lr: must be a finite number >= 0"),
     (["--ema_decay", "1"], "--ema_decay: must be in [0, 1)"),
