@@ -32,7 +32,7 @@ OUTER_GAIN = 10.0
 @dataclass
 class ModelConfig:
     # channels of the 3x3 convs at 28x28, at 14x14 (after a 2x2 max-pool) and at 7x7 (after another)
-    widths: list[list[int]] = field(default_factory=lambda: [[16, 24], [24, 32], [40, 48]])
+    widths: list[list[int]] = field(default_factory=lambda: [[12, 16], [24, 32], [32, 32, 48]])
     sum_head: str = "outer"  # how digit and addend meet: outer | concat_probs | concat_features
     sum_hidden: int = 64  # hidden units of the MLP of the concat_* sum heads
 
