@@ -80,8 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--distort", type=non_negative_float, default=0.0,
                    help="augmentation: max elastic displacement, pixels (0: none)")
     # model
+    default_widths = " ".join(",".join(map(str, stage)) for stage in ModelConfig().widths)
     p.add_argument("--widths", type=conv_stage, nargs=3, default=ModelConfig().widths, metavar="C[,C...]",
-                   help="channels of the 3x3 convs at 28x28, 14x14 and 7x7, default 12,16 24,32 32,32,48")
+                   help=f"channels of the 3x3 convs at 28x28, 14x14 and 7x7 (default: {default_widths})")
     p.add_argument("--sum_head", choices=SUM_HEADS, default=ModelConfig().sum_head,
                    help="how digit and addend meet (see adder/model.py)")
     p.add_argument("--sum_hidden", type=positive_int, default=ModelConfig().sum_hidden,
