@@ -189,9 +189,9 @@ def main(argv=None) -> int:
     # average of them (and of BatchNorm's statistics) over the last ~1/(1-decay) steps. The average is only
     # built when asked for: its update waits for the device once a step (see adder/ema.py).
     ema = moving_average(raw_model, args.ema_decay) if args.ema_decay else None
-    if ema:
+    if ema is not None:
         accelerator.register_for_checkpointing(ema)  # part of the training state, so a resumed run is identical
-    eval_model = ema.module if ema else raw_model  # evaluation runs per process, outside DDP
+    eval_model = raw_model if ema is None else ema.module  # evaluation runs per process, outside DDP
 
     train_config = dict(vars(args))
     if args.report_to == "wandb" and not accelerator.log_with:
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if ema:
+            if ema is not None:
                 ema.update_parameters(raw_model)
             global_step += 1
             window_loss += loss.detach()

@@ -47,10 +47,6 @@ class ModelConfig:
         if self.sum_head not in SUM_HEADS:
             raise ValueError(f"sum_head must be one of {SUM_HEADS}, got {self.sum_head!r}")
 
-    @property
-    def feature_size(self) -> int:
-        return self.widths[-1][-1]
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -75,7 +71,7 @@ class AdderNet(nn.Module):
         if self.config.sum_head == "outer":
             self.sum_head = nn.Linear(NUM_DIGITS * NUM_DIGITS, NUM_SUMS)
         else:
-            read_size = NUM_DIGITS if self.config.sum_head == "concat_probs" else self.config.feature_size
+            read_size = NUM_DIGITS if self.config.sum_head == "concat_probs" else channels
             self.sum_head = nn.Sequential(
                 nn.Linear(read_size + NUM_DIGITS, self.config.sum_hidden),
                 nn.ReLU(inplace=True),
