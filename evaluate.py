@@ -3,6 +3,7 @@ or ask it about one image of your own.
 
     python evaluate.py --ckpt best.pt                      # results table
     python evaluate.py --ckpt best.pt --json               # the same as JSON
+    python evaluate.py --ckpt best.pt --tta                # predictions averaged over 1-pixel shifts
     accelerate launch evaluate.py --ckpt best.pt           # sharded over the launched processes, same numbers
     python evaluate.py --ckpt best.pt --image my_digit.png --addend 7
 
@@ -26,7 +27,7 @@ from adder.data import DataError, DeviceMNIST, load_mnist, normalize
 from adder.evaluation import evaluate
 from adder.loss import AdderLoss
 from adder.metrics import scalars
-from adder.model import NUM_SUMS, count_parameters
+from adder.model import NUM_SUMS, ShiftAveraged, count_parameters
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=1000, help="test images per forward pass (x10 pairs)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even if a GPU is present")
+    p.add_argument("--tta", action="store_true",
+                   help="average the predictions over the image and its four 1-pixel shifts (5x the compute)")
     p.add_argument("--image", help="a 28x28 image file of one digit to run the model on")
     p.add_argument("--addend", type=int, help="the number (0-9) to add to the digit in --image")
     args = p.parse_args(argv)
@@ -72,10 +75,11 @@ def predict_one(model, image_u8: torch.Tensor, addend: int) -> dict:
             "sum": int(sum_probs.argmax()), "sum_prob": float(sum_probs.max())}
 
 
-def results_table(results: dict, ckpt_path: str, ckpt: dict, parameters: int) -> str:
+def results_table(results: dict, ckpt_path: str, ckpt: dict, parameters: int, tta: bool) -> str:
     lines = [
         f"checkpoint   {ckpt_path} (epoch {ckpt['epoch']}, {parameters:,} parameters)",
         f"test pairs   {results['pairs']:,} (every test image x every addend 0-9)",
+        f"shifts       {'averaged over the image and its four 1-pixel shifts' if tta else 'none'}",
         "",
         f"{'metric':<14}{'value':>10}",
         f"{'digit acc':<14}{results['digit_acc']:>10.2%}",
@@ -97,6 +101,9 @@ def main(argv=None) -> int:
         model, ckpt = load_model(args.ckpt)
     except CheckpointError as err:
         sys.exit(f"error: {err}")
+    parameters = count_parameters(model)
+    if args.tta:
+        model = ShiftAveraged(model).eval()
 
     if args.image is not None:
         try:
@@ -123,9 +130,9 @@ def main(argv=None) -> int:
     if accelerator.is_main_process:
         if args.json:
             print(json.dumps(scalars(results) | {"pairs": results["pairs"], "per_sum_acc": results["per_sum_acc"],
-                                                 "epoch": ckpt["epoch"], "parameters": count_parameters(model)}))
+                                                 "epoch": ckpt["epoch"], "parameters": parameters, "tta": args.tta}))
         else:
-            print(results_table(results, args.ckpt, ckpt, count_parameters(model)))
+            print(results_table(results, args.ckpt, ckpt, parameters, args.tta))
     accelerator.end_training()  # tears down the process group of a multi-process launch
     return 0
 

@@ -1,7 +1,7 @@
 """Learning-rate range test: raise the learning rate exponentially over a few hundred training steps and
 watch the loss (Smith, "Cyclical Learning Rates for Training Neural Networks", 2017).
 
-    python -m adder.lr_find --data_dir data [--output_dir .] [--cpu]
+    python -m adder.lr_find --data_dir data [--optimizer sgd|adamw] [--output_dir .] [--cpu]
 
 Trains a fresh default model with the same data, augmentation, loss and optimiser as train.py, writes
 logs/lr_find.png and logs/lr_find.json, and prints the suggested peak learning rate for --lr: the rate
@@ -28,12 +28,13 @@ import torch  # noqa: E402
 from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches  # noqa: E402
 from adder.loss import AdderLoss  # noqa: E402
 from adder.model import AdderNet  # noqa: E402
+from adder.optim import DEFAULTS as OPTIMIZER_DEFAULTS, OPTIMIZERS, build_optimizer  # noqa: E402
 
 
-def lr_range_test(model, data: DeviceMNIST, *, start_lr=1e-5, end_lr=1.0, steps=300, batch_size=512,
-                  seed=42, augment=None, smoothing=0.9) -> tuple[list[float], list[float]]:
+def lr_range_test(model, data: DeviceMNIST, *, optimizer_name="sgd", start_lr=1e-5, end_lr=1.0, steps=300,
+                  batch_size=512, seed=42, augment=None, smoothing=0.9) -> tuple[list[float], list[float]]:
     """(learning rates, smoothed losses), stopped early once the loss has clearly diverged."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=start_lr, weight_decay=1e-4)
+    optimizer = build_optimizer(optimizer_name, model.parameters(), start_lr, OPTIMIZER_DEFAULTS[optimizer_name][1])
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
     loss_fn = AdderLoss()
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default="data", help="folder holding MNIST/raw/")
     p.add_argument("--output_dir", type=Path, default=Path("."), help="the plot goes to OUTPUT_DIR/logs/")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="the optimiser train.py will use")
     p.add_argument("--steps", type=int, default=300, help="training steps of the sweep")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     args = p.parse_args(argv)
@@ -80,7 +82,8 @@ def main(argv=None) -> int:
         sys.exit(f"error: {err}")
     model = AdderNet().to(device, memory_format=torch.channels_last)
     augment = {"degrees": 10.0, "translate": 0.1, "scale": 0.1}
-    lrs, losses = lr_range_test(model, DeviceMNIST(images, labels, device), steps=args.steps, augment=augment)
+    lrs, losses = lr_range_test(model, DeviceMNIST(images, labels, device), optimizer_name=args.optimizer,
+                                steps=args.steps, augment=augment)
     suggested = suggest(lrs, losses)
 
     logs = args.output_dir / "logs"
@@ -89,14 +92,14 @@ def main(argv=None) -> int:
     ax.plot(lrs, losses)
     ax.axvline(suggested, color="tab:red", linestyle="--", label=f"steepest descent: {suggested:.2g}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)",
-           title=f"learning-rate range test, {len(lrs)} steps, AdamW")
+           title=f"learning-rate range test, {len(lrs)} steps, {args.optimizer}")
     ax.set_ylim(top=min(max(losses), 3 * losses[0]))
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(logs / "lr_find.png", dpi=110)
     (logs / "lr_find.json").write_text(json.dumps({"suggested_lr": suggested, "lrs": lrs, "losses": losses}))
-    print(f"suggested learning rate: {suggested:.3g} (plot: {logs / 'lr_find.png'})")
+    print(f"suggested learning rate for --optimizer {args.optimizer}: {suggested:.3g} (plot: {logs / 'lr_find.png'})")
     return 0
 
 

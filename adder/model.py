@@ -84,6 +84,10 @@ class AdderNet(nn.Module):
         `addend` may also be (B, K): K addends per image give sum logits (B, K, 19) while the CNN runs once
         per image; evaluation scores all ten addends this way.
         """
+        self.check_inputs(image, addend)
+        return self.heads(self.features(image), addend)
+
+    def check_inputs(self, image: torch.Tensor, addend: torch.Tensor) -> None:
         if image.dim() != 4 or image.shape[1:] != (1, 28, 28):
             raise ValueError(f"image must be (B, 1, 28, 28), got {tuple(image.shape)}")
         if addend.dtype not in (torch.int64, torch.int32) or addend.shape[0] != image.shape[0] or addend.dim() > 2:
@@ -92,7 +96,9 @@ class AdderNet(nn.Module):
         if not self.training and len(addend) and not 0 <= int(addend.min()) <= int(addend.max()) <= 9:
             # Checked outside training only: it costs a host sync, and training addends are 0..9 by construction.
             raise ValueError(f"addend must be between 0 and 9, got values {addend.min()}..{addend.max()}")
-        features = self.features(image)
+
+    def heads(self, features: torch.Tensor, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Digit and sum logits from the CNN's pooled features (B, F)."""
         digit_logits = self.digit_head(features)
         read = features if self.config.sum_head == "concat_features" else digit_logits.softmax(-1)
         if addend.dim() == 2:
@@ -106,6 +112,29 @@ class AdderNet(nn.Module):
         else:
             combined = torch.cat([read, addend_one_hot], dim=-1)
         return digit_logits, self.sum_head(combined)
+
+
+class ShiftAveraged(nn.Module):
+    """Test-time augmentation: `model` reads the image and its four one-pixel shifts (five CNN passes), and
+    its heads see the average of the five feature vectors.
+
+    Averaging the features, not the two heads' outputs, keeps the sum head reading one digit distribution,
+    so the two answers stay as consistent as without the shifts; the digit head is linear, so its logits are
+    the mean of the five copies' logits. Rolling is enough for the shifts: MNIST digits sit inside a blank
+    border, so only background wraps around the edge.
+    """
+
+    SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (rows, columns)
+
+    def __init__(self, model: AdderNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.check_inputs(image, addend)
+        shifted = torch.cat([image.roll(shift, dims=(2, 3)) for shift in self.SHIFTS])
+        features = self.model.features(shifted).unflatten(0, (len(self.SHIFTS), -1)).mean(0)
+        return self.model.heads(features, addend)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -39,6 +39,14 @@ def test_own_image_prediction(ckpt, tmp_path):
     assert 0 < prediction["digit_prob"] <= 1 and 0 < prediction["sum_prob"] <= 1
 
 
+def test_own_image_prediction_with_shift_averaging(ckpt, tmp_path):
+    image = str(digit_png(tmp_path / "one.png", 0))
+    plain, shifted = (json.loads(run_cli(["evaluate.py", "--ckpt", str(ckpt), "--image", image, "--addend", "7",
+                                          "--json", *tta]).stdout) for tta in ([], ["--tta"]))
+    assert 0 <= shifted["digit"] <= 9 and 0 < shifted["digit_prob"] <= 1 and 0 < shifted["sum_prob"] <= 1
+    assert shifted["digit_prob"] != plain["digit_prob"]
+
+
 def test_light_background_is_inverted(ckpt, tmp_path):
     dark = run_cli(["evaluate.py", "--ckpt", str(ckpt), "--image", str(digit_png(tmp_path / "d.png", 0)),
                     "--addend", "3", "--json"]).stdout

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from adder.model import NUM_DIGITS, NUM_SUMS, SUM_HEADS, AdderNet, ModelConfig, count_parameters
+from adder.model import NUM_DIGITS, NUM_SUMS, SUM_HEADS, AdderNet, ModelConfig, ShiftAveraged, count_parameters
 
 
 @pytest.mark.parametrize("sum_head", SUM_HEADS)
@@ -60,3 +60,18 @@ def test_bad_inputs_get_clear_errors(images, addends, message):
 def test_bad_configs_get_clear_errors(config, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**config)
+
+
+@pytest.mark.parametrize("sum_head", SUM_HEADS)
+def test_shift_averaging_feeds_the_heads_the_mean_of_the_shifted_features(sum_head):
+    model = AdderNet(ModelConfig(sum_head=sum_head)).eval()
+    images, addends = torch.randn(3, 1, 28, 28), torch.arange(10).expand(3, 10)
+    digit_logits, sum_logits = ShiftAveraged(model)(images, addends)
+    assert digit_logits.shape == (3, NUM_DIGITS) and sum_logits.shape == (3, 10, NUM_SUMS)
+    features = torch.stack([model.features(images.roll(shift, dims=(2, 3))) for shift in ShiftAveraged.SHIFTS])
+    expected_digit, expected_sum = model.heads(features.mean(0), addends)
+    torch.testing.assert_close(digit_logits, expected_digit)
+    torch.testing.assert_close(sum_logits, expected_sum)
+    assert not torch.allclose(digit_logits, model(images, addends)[0])  # the shifts do matter
+    with pytest.raises(ValueError, match="addend must be between 0 and 9"):
+        ShiftAveraged(model)(images, addends + 1)

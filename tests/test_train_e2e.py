@@ -10,8 +10,9 @@ import torch
 
 from conftest import TINY_MODEL, run_cli
 
-FAST = ["--cpu", "--val_size", "100", "--batch_size", "32", "--lr", "0.03", "--log_every", "5", "--report_to", "none",
-        "--ema_decay", "0.9", *TINY_MODEL]  # the EMA on, so that resuming with 2 processes covers its state
+FAST = ["--cpu", "--val_size", "100", "--batch_size", "32", "--log_every", "5", "--report_to", "none", *TINY_MODEL,
+        "--ema_decay", "0.9",  # the EMA on, so that resuming with 2 processes covers its state
+        "--optimizer", "adamw", "--lr", "0.03"]  # learns the tiny task in these runs' few dozen steps; SGD needs more
 
 
 def train(data_dir, out_dir, *extra, processes=1, **kwargs):
@@ -19,8 +20,8 @@ def train(data_dir, out_dir, *extra, processes=1, **kwargs):
                    processes=processes, **kwargs)
 
 
-def evaluate_json(ckpt, data_dir, processes=1):
-    result = run_cli(["evaluate.py", "--ckpt", str(ckpt), "--data_dir", str(data_dir), "--cpu", "--json"],
+def evaluate_json(ckpt, data_dir, *extra, processes=1):
+    result = run_cli(["evaluate.py", "--ckpt", str(ckpt), "--data_dir", str(data_dir), "--cpu", "--json", *extra],
                      processes=processes)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -62,6 +63,18 @@ def test_evaluation_is_exact_and_identical_with_one_and_two_processes(two_proces
     assert one["joint_acc"] == train_report["joint_acc"]
 
 
+def test_shift_averaged_evaluation_is_exact_with_two_processes(two_process_run, tiny_mnist):
+    out, _ = two_process_run
+    plain = evaluate_json(out / "best.pt", tiny_mnist)
+    one = evaluate_json(out / "best.pt", tiny_mnist, "--tta", processes=1)
+    two = evaluate_json(out / "best.pt", tiny_mnist, "--tta", processes=2)
+    assert one["tta"] and not plain["tta"] and one["pairs"] == two["pairs"] == 510
+    for name in ("digit_acc", "sum_acc", "joint_acc", "consistency", "per_sum_acc"):
+        assert one[name] == two[name], name
+    assert one["loss"] != plain["loss"]  # the shifted copies were read, not just the image
+    assert one["joint_acc"] == json.loads((out / "logs" / "test_metrics.json").read_text())["tta"]["joint_acc"]
+
+
 def test_evaluate_prints_the_results_table(two_process_run, tiny_mnist):
     out, _ = two_process_run
     table = run_cli(["evaluate.py", "--ckpt", str(out / "best.pt"), "--data_dir", str(tiny_mnist), "--cpu"]).stdout
@@ -70,7 +83,9 @@ def test_evaluate_prints_the_results_table(two_process_run, tiny_mnist):
 
 
 def test_a_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
-    args = ["--epochs", "4", "--ema_decay", "0"]  # the default path; the 2-process resume below has the EMA on
+    # The default path, SGD (its momentum is part of the saved state) without the EMA; the 2-process resume
+    # below has the EMA on.
+    args = ["--epochs", "4", "--ema_decay", "0", "--optimizer", "sgd", "--lr", "0.1"]
     train(tiny_mnist, tmp_path / "straight", *args)
 
     killed = tmp_path / "killed"
@@ -140,6 +155,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist
     (["--batch_size", "-4"], "--batch_size: must be a positive integer"),
     (["--mixed_precision", "fp12"], "--mixed_precision: invalid choice"),
     (["--sum_head", "magic"], "--sum_head: invalid choice"),
+    (["--optimizer", "adam"], "--optimizer: invalid choice"),
     (["--widths", "8,0", "8", "8"], "--widths: must be a positive integer"),
     (["--widths", "8,8", "8"], "--widths: expected 3 arguments"),
     (["--lr", "nan"], "--lr: must be a finite number >= 0"),
