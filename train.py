@@ -34,7 +34,7 @@ from adder.checkpoint import atomic_write_text, load_model, read_checkpoint, sav
 from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches
 from adder.ema import moving_average
 from adder.evaluation import evaluate
-from adder.loss import AdderLoss
+from adder.loss import LABEL_SMOOTHING, AdderLoss
 from adder.metrics import scalars
 from adder.model import SUM_HEADS, AdderNet, ModelConfig, ShiftAveraged, count_parameters
 from adder.optim import DEFAULTS as OPTIMIZER_DEFAULTS, OPTIMIZERS, build_optimizer
@@ -62,7 +62,7 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def decay_rate(text: str) -> float:
+def unit_fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
@@ -97,8 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight_decay", type=non_negative_float, default=None,
                    help="weight decay (default: 5e-4 for sgd, 1e-4 for adamw)")
     p.add_argument("--sum_weight", type=non_negative_float, default=1.0, help="weight of the sum loss vs the digit loss")
-    p.add_argument("--label_smoothing", type=non_negative_float, default=0.0, help="cross-entropy label smoothing")
-    p.add_argument("--ema_decay", type=decay_rate, default=0.0,
+    p.add_argument("--label_smoothing", type=unit_fraction, default=LABEL_SMOOTHING,
+                   help=f"cross-entropy label smoothing, in [0, 1) (default {LABEL_SMOOTHING}; 0: plain cross-entropy)")
+    p.add_argument("--ema_decay", type=unit_fraction, default=0.0,
                    help="validate and save a moving average of the weights with this decay, e.g. 0.999 (0: off)")
     p.add_argument("--seed", type=int, default=42, help="seeds initialisation, shuffling, addends and augmentation")
     # hardware

@@ -4,6 +4,8 @@ Both outputs are categorical (the digit is one of 10 classes, the sum one of 19,
 cross-entropy, the negative log-likelihood of the right class, is the natural loss: it is what a softmax
 classifier is fit with and it keeps pushing on examples that are right but not yet confident.
 The sum term is weighted by `sum_weight`; with the default 1 the two tasks count alike.
+Label smoothing puts a small share of each target's probability on the other classes, so the network is
+never pushed to make its logits arbitrarily confident; the reported losses are this same objective.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# train.py's default --label_smoothing (and the LR finder's): 0.1 raised the best validation accuracy over
+# eight seeds (README.md, Results).
+LABEL_SMOOTHING = 0.1
 
 
 class AdderLoss(nn.Module):

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches  # noqa: E402
-from adder.loss import AdderLoss  # noqa: E402
+from adder.loss import LABEL_SMOOTHING, AdderLoss  # noqa: E402
 from adder.model import AdderNet  # noqa: E402
 from adder.optim import DEFAULTS as OPTIMIZER_DEFAULTS, OPTIMIZERS, build_optimizer  # noqa: E402
 
@@ -37,7 +37,7 @@ def lr_range_test(model, data: DeviceMNIST, *, optimizer_name="sgd", start_lr=1e
     optimizer = build_optimizer(optimizer_name, model.parameters(), start_lr, OPTIMIZER_DEFAULTS[optimizer_name][1])
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
-    loss_fn = AdderLoss()
+    loss_fn = AdderLoss(label_smoothing=LABEL_SMOOTHING)
     lrs, losses, smoothed, best = [], [], 0.0, math.inf
     epoch = 0
     while len(lrs) < steps:

@@ -161,6 +161,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist
     (["--lr", "nan"], "--lr: must be a finite number >= 0"),
     (["--lr", "inf"], "--lr: must be a finite number >= 0"),
     (["--ema_decay", "1"], "--ema_decay: must be in [0, 1)"),
+    (["--label_smoothing", "1"], "--label_smoothing: must be in [0, 1)"),
     (["--resume_from_checkpoint", "latest"], "no saved training state"),
     (["--resume_from_checkpoint", "no/such/folder"], "not a complete training state folder"),
 ])
