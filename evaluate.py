@@ -1,32 +1,36 @@
 """Evaluate a trained adder on all 100,000 MNIST test pairs (each test image with each addend 0-9),
-or ask it about one image of your own.
+or ask it about pictures of your own digits.
 
     python evaluate.py --ckpt best.pt                      # results table
     python evaluate.py --ckpt best.pt --json               # the same as JSON
     python evaluate.py --ckpt best.pt --tta                # predictions averaged over 1-pixel shifts
     accelerate launch evaluate.py --ckpt best.pt           # sharded over the launched processes, same numbers
-    python evaluate.py --ckpt best.pt --image my_digit.png --addend 7
+    python evaluate.py --ckpt best.pt --image my_digit.png --addend 7   # your digit, plus 7
+    python evaluate.py --ckpt best.pt --image drawings/                 # each picture there, all ten sums
 
-Your own image must be a 28x28 picture of one digit. It is read as grayscale and, if its background is
-light (mean brightness above one half), inverted, since MNIST digits are white on black.
+Your own picture may be any size and kind PIL opens: a drawing, a photo of ink on paper, a transparent PNG.
+Each is turned into a 28x28 digit the way MNIST's digits were made (adder/digit_image.py); --save_preprocessed
+shows what the model saw. A picture that cannot be read is reported and the others are still answered.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from adder.checkpoint import CheckpointError, load_model
 from adder.data import DataError, DeviceMNIST, load_mnist, normalize
+from adder.digit_image import DigitImageError, image_files, read_image
 from adder.evaluation import evaluate
-from adder.loss import AdderLoss
-from adder.metrics import scalars
+from adder.hardware import place_run
+from adder.metrics import report
 from adder.model import NUM_SUMS, ShiftAveraged, count_parameters
 
 
@@ -39,59 +43,98 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even if a GPU is present")
     p.add_argument("--tta", action="store_true",
                    help="average the predictions over the image and its four 1-pixel shifts (5x the compute)")
-    p.add_argument("--image", help="a 28x28 image file of one digit to run the model on")
-    p.add_argument("--addend", type=int, help="the number (0-9) to add to the digit in --image")
+    p.add_argument("--image", nargs="+", metavar="PATH",
+                   help="pictures of one digit each, of any size, or folders of them, to run the model on")
+    p.add_argument("--addend", type=int, help="the number (0-9) to add to each digit in --image (all ten if omitted)")
+    p.add_argument("--save_preprocessed", metavar="DIR",
+                   help="write the 28x28 digit each --image picture became to DIR, as a PNG of the same name")
     args = p.parse_args(argv)
     if args.batch_size <= 0:
         p.error(f"--batch_size must be positive, got {args.batch_size}")
-    if (args.image is None) != (args.addend is None):
-        p.error("--image and --addend go together")
+    if args.image is None and (args.addend is not None or args.save_preprocessed):
+        p.error("--addend and --save_preprocessed go with --image")
     if args.addend is not None and not 0 <= args.addend <= 9:
         p.error(f"--addend must be between 0 and 9, got {args.addend}")
     return args
 
 
-def read_digit_image(path: str) -> torch.Tensor:
-    """A 28x28 image file -> uint8 (1, 28, 28), white digit on black like MNIST."""
-    try:
-        with Image.open(path) as img:
-            gray = np.asarray(img.convert("L"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise ValueError(f"{path}: no such image file")
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path}: not a readable image ({err.__class__.__name__})")
-    if gray.shape != (28, 28):
-        raise ValueError(f"{path}: image is {gray.shape[1]}x{gray.shape[0]}, expected 28x28 like MNIST")
-    if gray.mean() > 127:
-        gray = 255 - gray
-    return torch.from_numpy(gray.copy()).unsqueeze(0)
-
-
-def predict_one(model, image_u8: torch.Tensor, addend: int) -> dict:
+def predict_digits(model, digits: torch.Tensor, addends: list[int]) -> list[dict]:
+    """The model's answers for uint8 digits (B, 28, 28), each digit with every addend in `addends`."""
     with torch.no_grad():
-        digit_logits, sum_logits = model(normalize(image_u8), torch.tensor([addend]))
-    digit_probs, sum_probs = digit_logits.softmax(-1)[0], sum_logits.softmax(-1)[0]
-    return {"addend": addend, "digit": int(digit_probs.argmax()), "digit_prob": float(digit_probs.max()),
-            "sum": int(sum_probs.argmax()), "sum_prob": float(sum_probs.max())}
+        digit_logits, sum_logits = model(normalize(digits), torch.tensor([addends] * len(digits)))
+    return [{"digit": int(digit_probs.argmax()), "digit_prob": float(digit_probs.max()),
+             "sums": [{"addend": addend, "sum": int(probs.argmax()), "sum_prob": float(probs.max())}
+                      for addend, probs in zip(addends, sum_probs)]}
+            for digit_probs, sum_probs in zip(digit_logits.softmax(-1), sum_logits.softmax(-1))]
+
+
+def answer_own_images(model, args: argparse.Namespace) -> int:
+    """Answer for every --image picture that becomes a digit; each one that does not is one error line.
+    Returns the exit status: 1 if any picture failed."""
+    try:
+        paths = image_files(args.image)
+        if args.save_preprocessed:
+            Path(args.save_preprocessed).mkdir(parents=True, exist_ok=True)
+    except DigitImageError as err:
+        sys.exit(f"error: {err}")
+    except OSError as err:
+        sys.exit(f"error: cannot write to {args.save_preprocessed}: {err.strerror}")
+    answered, digits = [], []
+    for path in paths:
+        try:
+            digits.append(read_image(path))
+            answered.append(path)
+        except DigitImageError as err:
+            print(f"error: {err}", file=sys.stderr)
+    if not answered:
+        return 1
+    if args.save_preprocessed:
+        for path, digit in zip(answered, digits):
+            Image.fromarray(digit.numpy()).save(Path(args.save_preprocessed) / f"{path.stem}.png")
+    addends = list(range(10)) if args.addend is None else [args.addend]
+    answers = predict_digits(model, torch.stack(digits), addends)
+    if args.json:
+        print(json.dumps({"checkpoint": args.ckpt, "tta": args.tta,
+                          "images": [{"image": str(path)} | answer for path, answer in zip(answered, answers)]}))
+    else:
+        print(own_images_table(answered, answers))
+    return int(len(answered) < len(paths))
+
+
+def own_images_table(paths: list[Path], answers: list[dict]) -> str:
+    """One row per picture and addend, within 80 columns; a picture's digit is shown on its first row."""
+    lines = [f"{'file':<38}{'digit':>7}{'p':>7}{'addend':>8}{'sum':>5}{'p':>7}"]
+    for path, answer in zip(paths, answers):
+        name = str(path) if len(str(path)) <= 37 else "..." + str(path)[-34:]
+        read = f"{name:<38}{answer['digit']:>7}{answer['digit_prob']:>7.3f}"
+        for row, added in enumerate(answer["sums"]):
+            lines.append(f"{read if row == 0 else '':<52}{added['addend']:>8}{added['sum']:>5}{added['sum_prob']:>7.3f}")
+    return "\n".join(lines)
 
 
 def results_table(results: dict, ckpt_path: str, ckpt: dict, parameters: int, tta: bool) -> str:
+    """The report as text, within 80 columns."""
+    def row(name: str, count_key: str, fraction_key: str) -> str:
+        return f"{name:<14}{results[fraction_key]:>9.2%}{results[count_key]:>10,} / {results['pairs']:,}"
+
     lines = [
         f"checkpoint   {ckpt_path} (epoch {ckpt['epoch']}, {parameters:,} parameters)",
         f"test pairs   {results['pairs']:,} (every test image x every addend 0-9)",
         f"shifts       {'averaged over the image and its four 1-pixel shifts' if tta else 'none'}",
         "",
-        f"{'metric':<14}{'value':>10}",
-        f"{'digit acc':<14}{results['digit_acc']:>10.2%}",
-        f"{'sum acc':<14}{results['sum_acc']:>10.2%}",
-        f"{'joint acc':<14}{results['joint_acc']:>10.2%}",
-        f"{'consistency':<14}{results['consistency']:>10.2%}",
-        f"{'mean loss':<14}{results['loss']:>10.4f}",
+        row("digit acc", "digit_correct", "digit_acc"),
+        row("sum acc", "sum_correct", "sum_acc"),
+        row("joint acc", "joint_correct", "joint_acc"),
+        row("consistency", "consistent", "consistency"),
+        f"{'mean loss':<14}{results['loss']:>9.4f}  (cross-entropy, digit + sum)",
         "",
-        "per-sum accuracy",
-        "  ".join(f"{s:>6d}" for s in range(NUM_SUMS)),
-        "  ".join(f"{a:>6.2%}" for a in results["per_sum_acc"]),
+        "accuracy per sum",
     ]
+    per_sum = results["per_sum_acc"]
+    for first in range(0, NUM_SUMS, 10):  # two rows of at most ten sums keep the table narrow
+        sums = range(first, min(first + 10, NUM_SUMS))
+        lines.append("sum " + "".join(f"{s:>7d}" for s in sums))
+        lines.append("acc " + "".join("      -" if per_sum[s] is None else f"{per_sum[s]:>7.1%}" for s in sums))
     return "\n".join(lines)
 
 
@@ -106,31 +149,22 @@ def main(argv=None) -> int:
         model = ShiftAveraged(model).eval()
 
     if args.image is not None:
-        try:
-            prediction = predict_one(model, read_digit_image(args.image), args.addend)
-        except ValueError as err:
-            sys.exit(f"error: {err}")
-        if args.json:
-            print(json.dumps(prediction))
-        else:
-            print(f"digit {prediction['digit']} (p={prediction['digit_prob']:.3f})   "
-                  f"{prediction['digit']} + {args.addend} -> sum {prediction['sum']} (p={prediction['sum_prob']:.3f})")
-        return 0
+        return answer_own_images(model, args)
 
-    accelerator = Accelerator(cpu=args.cpu)
+    accelerator = Accelerator(cpu=place_run(args.cpu, "no").cpu)  # fp32: the numbers train.py's report gives
+    if not accelerator.is_main_process:
+        logging.getLogger("adder").setLevel(logging.ERROR)  # the data's notes once, not once per process
     try:
         with accelerator.main_process_first():
             images, labels = load_mnist(args.data_dir, train=False)
     except DataError as err:
         sys.exit(f"error: {err}")
     test_set = DeviceMNIST(images, labels, accelerator.device)
-    loss_fn = AdderLoss(**{k: ckpt["train_config"][k] for k in ("sum_weight", "label_smoothing")})
-    results = evaluate(model.to(accelerator.device), test_set, loss_fn, batch_size=args.batch_size,
+    results = evaluate(model.to(accelerator.device), test_set, batch_size=args.batch_size,
                        rank=accelerator.process_index, world_size=accelerator.num_processes)
     if accelerator.is_main_process:
         if args.json:
-            print(json.dumps(scalars(results) | {"pairs": results["pairs"], "per_sum_acc": results["per_sum_acc"],
-                                                 "epoch": ckpt["epoch"], "parameters": parameters, "tta": args.tta}))
+            print(json.dumps(report(results) | {"epoch": ckpt["epoch"], "parameters": parameters, "tta": args.tta}))
         else:
             print(results_table(results, args.ckpt, ckpt, parameters, args.tta))
     accelerator.end_training()  # tears down the process group of a multi-process launch

@@ -14,6 +14,7 @@ Generation
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import check_integrity
+
+log = logging.getLogger(__name__)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 NUM_ADDENDS = 10
@@ -67,7 +70,7 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
         raise DataError(f"{raw / f'{split}-labels-idx1-ubyte'}: labels outside 0..9; delete it to re-extract it.")
     if len(images) != expected:
         # Not an error (tests use small files), but a real user should notice a partial data set.
-        print(f"note: MNIST {split} split in {raw} has {len(images)} images (the official one has {expected})")
+        log.warning(f"note: MNIST {split} split in {raw} has {len(images)} images (the official one has {expected})")
     return images, labels.long()
 
 
@@ -127,8 +130,7 @@ def counter_uniform(index: torch.Tensor, *keys: int, draws: int | None = None) -
     return counter_hash(index, *keys, draws=draws).double().div_(2.0**53).float()
 
 
-STREAM_ADDEND, STREAM_AUGMENT, STREAM_DISTORT = 0, 1, 2
-DISTORT_POINTS = 4  # control points per side of the elastic distortion's displacement field
+STREAM_ADDEND, STREAM_AUGMENT = 0, 1
 
 
 def train_addends(index: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
@@ -143,13 +145,10 @@ def normalize(images_u8: torch.Tensor) -> torch.Tensor:
 
 def random_warp(
     images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int, degrees: float, translate: float, scale: float,
-    distort: float = 0.0,
 ) -> torch.Tensor:
-    """Batched small rotations, shifts, zooms and elastic distortions on the device, drawn per (seed, epoch, index).
+    """Batched small rotations, shifts and zooms on the device, drawn per (seed, epoch, index).
 
-    `translate` is a fraction of the image size; `distort` is the largest displacement, in pixels, of the
-    control points of a smooth random displacement field (an elastic distortion, as in Simard et al. 2003,
-    with a coarse grid instead of a Gaussian-filtered one). Digits are never flipped (a flipped 2 is not a 2).
+    `translate` is a fraction of the image size. Digits are never flipped (a flipped 2 is not a 2).
     Works on images in [0, 1] so that the zero padding is the black background.
     """
     u = counter_uniform(index, seed, epoch, STREAM_AUGMENT, draws=4) * 2 - 1  # (4, B), each in [-1, 1)
@@ -161,11 +160,6 @@ def random_warp(
         [torch.stack([cos, -sin, u[2] * 2 * translate], -1), torch.stack([sin, cos, u[3] * 2 * translate], -1)], -2
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    if distort:
-        points = counter_uniform(index, seed, epoch, STREAM_DISTORT, draws=2 * DISTORT_POINTS**2) * 2 - 1
-        field = points.T.reshape(-1, 2, DISTORT_POINTS, DISTORT_POINTS)
-        field = F.interpolate(field, size=images.shape[-2:], mode="bicubic", align_corners=True)
-        grid = grid + field.permute(0, 2, 3, 1) * (2 * distort / images.shape[-1])
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -11,19 +11,25 @@ from adder.data import NUM_ADDENDS, DeviceMNIST, eval_batches
 from adder.loss import AdderLoss
 from adder.metrics import AdderMetrics
 
+# The loss evaluation reports: plain cross-entropy of both heads, whatever the training objective was
+# (label smoothing, sum weight), so that runs trained differently are scored alike and evaluate.py needs
+# nothing from a checkpoint but the model.
+EVAL_LOSS = AdderLoss()
+
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceMNIST, loss_fn: AdderLoss, *, batch_size: int = 1000,
-             rank: int = 0, world_size: int = 1, autocast=None) -> dict:
+def evaluate(model: nn.Module, data: DeviceMNIST, *, batch_size: int = 1000, rank: int = 0, world_size: int = 1,
+             autocast=None) -> dict:
     """AdderMetrics over all len(data) * 10 pairs, exact for any number of processes.
 
     Each process scores its own disjoint shard of images; torchmetrics sums the counts across processes
     in compute(). (With a DataLoader prepared by accelerate, gather_for_metrics would drop the padding it
     adds; here nothing is padded, so there is nothing to gather or drop.) `model` must be the unwrapped
     module: the shards may differ by one batch, and a DDP forward would then wait for a peer that has none
-    left. `autocast` is e.g. accelerator.autocast; without
-    it the evaluation runs in fp32.
+    left. `autocast` is e.g. accelerator.autocast; without it the evaluation runs in fp32. The model is
+    left in the mode it was found in.
     """
+    was_training = model.training
     model.eval()
     metrics = AdderMetrics().to(data.device)
     for index in eval_batches(len(data), batch_size, rank, world_size):
@@ -37,7 +43,7 @@ def evaluate(model: nn.Module, data: DeviceMNIST, loss_fn: AdderLoss, *, batch_s
         pair_addends = addends.reshape(-1)
         pair_sums = pair_digits + pair_addends
         pair_sum_logits = sum_logits.float().reshape(-1, sum_logits.shape[-1])
-        losses = loss_fn(pair_digit_logits, pair_sum_logits, pair_digits, pair_sums, reduction="none")
+        losses = EVAL_LOSS(pair_digit_logits, pair_sum_logits, pair_digits, pair_sums, reduction="none")
         metrics.update(pair_digit_logits, pair_sum_logits, pair_addends, pair_digits, pair_sums, losses)
-    model.train()
+    model.train(was_training)
     return metrics.compute()

@@ -25,25 +25,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from adder.config import OPTIMIZERS, TrainConfig  # noqa: E402
 from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches  # noqa: E402
-from adder.loss import LABEL_SMOOTHING, AdderLoss  # noqa: E402
+from adder.loss import AdderLoss  # noqa: E402
 from adder.model import AdderNet  # noqa: E402
-from adder.optim import DEFAULTS as OPTIMIZER_DEFAULTS, OPTIMIZERS, build_optimizer  # noqa: E402
+from adder.optim import build_optimizer  # noqa: E402
 
 
-def lr_range_test(model, data: DeviceMNIST, *, optimizer_name="sgd", start_lr=1e-5, end_lr=1.0, steps=300,
-                  batch_size=512, seed=42, augment=None, smoothing=0.9) -> tuple[list[float], list[float]]:
-    """(learning rates, smoothed losses), stopped early once the loss has clearly diverged."""
-    optimizer = build_optimizer(optimizer_name, model.parameters(), start_lr, OPTIMIZER_DEFAULTS[optimizer_name][1])
+def lr_range_test(model, data: DeviceMNIST, config: TrainConfig, *, start_lr=1e-5, end_lr=1.0, steps=300,
+                  smoothing=0.9) -> tuple[list[float], list[float]]:
+    """(learning rates, smoothed losses), stopped early once the loss has clearly diverged.
+
+    Everything but the learning rate is train.py's: `config`'s optimiser, weight decay, batch size, seed,
+    augmentation and loss.
+    """
+    optimizer = build_optimizer(config.optimizer, model.parameters(), start_lr, config.weight_decay)
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
-    loss_fn = AdderLoss(label_smoothing=LABEL_SMOOTHING)
+    loss_fn = AdderLoss(sum_weight=config.sum_weight, label_smoothing=config.label_smoothing)
     lrs, losses, smoothed, best = [], [], 0.0, math.inf
-    epoch = 0
+    epoch, seed = 0, config.seed
     while len(lrs) < steps:
         epoch += 1
-        for index in train_batches(len(data), batch_size, seed, epoch, rank=0, world_size=1, device=data.device):
-            images, addends, digits, sums = data.train_batch(index, seed, epoch, augment)
+        for index in train_batches(len(data), config.batch_size, seed, epoch, rank=0, world_size=1,
+                                   device=data.device):
+            images, addends, digits, sums = data.train_batch(index, seed, epoch, config.augment)
             loss = loss_fn(*model(images.contiguous(memory_format=torch.channels_last), addends), digits, sums)
             loss.backward()
             optimizer.step()
@@ -68,22 +74,21 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", default="data", help="folder holding MNIST/raw/")
+    p.add_argument("--data_dir", default=TrainConfig.data_dir, help="folder holding MNIST/raw/")
     p.add_argument("--output_dir", type=Path, default=Path("."), help="the plot goes to OUTPUT_DIR/logs/")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="the optimiser train.py will use")
     p.add_argument("--steps", type=int, default=300, help="training steps of the sweep")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    torch.manual_seed(42)
+    config = TrainConfig(optimizer=args.optimizer)
+    torch.manual_seed(config.seed)
     try:
-        (images, labels), _ = split_train_val(*load_mnist(args.data_dir, train=True), val_size=5000)
+        (images, labels), _ = split_train_val(*load_mnist(args.data_dir, train=True), val_size=config.val_size)
     except DataError as err:
         sys.exit(f"error: {err}")
-    model = AdderNet().to(device, memory_format=torch.channels_last)
-    augment = {"degrees": 10.0, "translate": 0.1, "scale": 0.1}
-    lrs, losses = lr_range_test(model, DeviceMNIST(images, labels, device), optimizer_name=args.optimizer,
-                                steps=args.steps, augment=augment)
+    model = AdderNet(config.model_config).to(device, memory_format=torch.channels_last)
+    lrs, losses = lr_range_test(model, DeviceMNIST(images, labels, device), config, steps=args.steps)
     suggested = suggest(lrs, losses)
 
     logs = args.output_dir / "logs"

@@ -6,10 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-OPTIMIZERS = ("sgd", "adamw")
-# Peak learning rate and weight decay of each, the defaults of --lr and --weight_decay. SGD's are common
-# values for small CNNs, not tuned here; AdamW's were the project's defaults before SGD (README.md, Results).
-DEFAULTS = {"sgd": (0.1, 5e-4), "adamw": (4e-3, 1e-4)}
+from adder.config import OPTIMIZERS
 
 
 def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,

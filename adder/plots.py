@@ -30,9 +30,9 @@ def curves_figure(epochs: list[dict]) -> plt.Figure:
     x = [e["epoch"] for e in epochs]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     ax = axes[0, 0]
-    ax.plot(x, [e["train_loss"] for e in epochs], label="train (mean over the epoch)")
-    ax.plot(x, [e["val_loss"] for e in epochs], label="validation")
-    ax.set(title="loss (digit CE + sum CE)", xlabel="epoch", yscale="log")
+    ax.plot(x, [e["train_loss"] for e in epochs], label="train: the objective, label smoothing included")
+    ax.plot(x, [e["val_loss"] for e in epochs], label="validation: plain cross-entropy")
+    ax.set(title="loss (digit CE + sum CE), mean over the epoch", xlabel="epoch", yscale="log")
     ax = axes[0, 1]
     for key in ("digit_acc", "sum_acc", "joint_acc"):
         ax.plot(x, [100 * e[f"val_{key}"] for e in epochs], label=key.replace("_acc", ""))
@@ -124,7 +124,6 @@ def main(argv=None) -> int:
     from adder.checkpoint import CheckpointError, load_model
     from adder.data import DataError, load_mnist
     from adder.evaluation import evaluate
-    from adder.loss import AdderLoss
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a train.py --output_dir")
@@ -141,7 +140,7 @@ def main(argv=None) -> int:
         test_set = DeviceMNIST(*load_mnist(args.data_dir, train=False))
     except (CheckpointError, DataError) as err:
         sys.exit(f"error: {err}")
-    figures = run_figures(read_metrics(metrics_file), model, test_set, evaluate(model, test_set, AdderLoss()))
+    figures = run_figures(read_metrics(metrics_file), model, test_set, evaluate(model, test_set))
     save_figures(figures, out)
     print(f"wrote {', '.join(f'{name}.png' for name in figures)} to {out}")
     return 0

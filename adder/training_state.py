@@ -2,6 +2,12 @@
 
 Each state is saved into `epoch_NNN.partial/` and renamed to `epoch_NNN/` only once every file is written,
 so a crash during a save leaves no folder that looks complete. Only the newest `keep` states are kept.
+Beside accelerate's files, progress.json records where the run stood and the settings it ran with: a
+resumed run must use the same ones, or its schedule, data order or weights would not fit the saved state.
+
+Several nodes: the main process writes the model, optimiser and schedule, every process its random
+states, and each node's first process names (and prunes) the folders on its own disk. Resuming needs the
+complete state on every node: a shared filesystem, or the main node's folder copied to the others.
 """
 
 from __future__ import annotations
@@ -14,28 +20,48 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from adder.config import TrainConfig
+
 _STATE_NAME = re.compile(r"^epoch_(\d+)$")
 PROGRESS_FILE = "progress.json"
+# Settings that shape the saved state or the rest of the run: the schedule's length, the model's tensors,
+# the optimiser's state, the data order. The others (logging, output, tracking, precision) may change.
+MUST_MATCH = ("epochs", "batch_size", "widths", "sum_head", "sum_hidden", "optimizer", "lr", "weight_decay",
+              "sum_weight", "label_smoothing", "ema_decay", "seed", "val_size", "no_augment", "rotate", "shift",
+              "zoom")
+
+
+class ResumeError(RuntimeError):
+    """A training state that cannot be resumed by this command; the message says why and what to do."""
+
+
+def is_complete(state: Path) -> bool:
+    """progress.json and the model's weights: a folder the main process finished writing."""
+    weights = any(state.glob("model*.safetensors")) or any(state.glob("model*.bin"))
+    return (state / PROGRESS_FILE).is_file() and weights
 
 
 def saved_states(checkpoints_dir: Path) -> list[Path]:
-    """Complete states, oldest first."""
+    """Named (fully written) states, oldest first."""
     if not checkpoints_dir.is_dir():
         return []
     states = [p for p in checkpoints_dir.iterdir() if _STATE_NAME.match(p.name) and (p / PROGRESS_FILE).is_file()]
     return sorted(states, key=lambda p: int(_STATE_NAME.match(p.name).group(1)))
 
 
-def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: int, global_step: int, keep: int):
+def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: int, global_step: int, best: dict,
+                        config: TrainConfig, keep: int) -> None:
     final = checkpoints_dir / f"epoch_{epoch:03d}"
     partial = final.with_name(final.name + ".partial")
-    if accelerator.is_main_process and partial.exists():
+    if accelerator.is_local_main_process and partial.exists():
         shutil.rmtree(partial)  # left by a run that died while saving
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()  # every process has written its part (each saves its own RNG state)
-    if accelerator.is_main_process:
-        (partial / PROGRESS_FILE).write_text(json.dumps({"epoch": epoch, "global_step": global_step}))
+    if accelerator.is_local_main_process:
+        progress = {"epoch": epoch, "global_step": global_step, "best": best, "processes": accelerator.num_processes,
+                    "settings": {name: getattr(config, name) for name in MUST_MATCH}}
+        (partial / PROGRESS_FILE).write_text(json.dumps(progress))
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -47,17 +73,33 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
 def resolve_state(resume_from: str, checkpoints_dir: Path) -> Path:
     """'latest' -> the newest complete state in checkpoints_dir; otherwise a path to a state folder."""
     if resume_from == "latest":
-        states = saved_states(checkpoints_dir)
+        states = [s for s in saved_states(checkpoints_dir) if is_complete(s)]
         if not states:
-            raise FileNotFoundError(f"--resume_from_checkpoint latest: no saved training state in {checkpoints_dir}")
+            raise ResumeError(f"--resume_from_checkpoint latest: no saved training state in {checkpoints_dir}"
+                              + (" (this node holds only part of one: resuming on several nodes needs the whole "
+                                 "checkpoints/ folder on each)" if saved_states(checkpoints_dir) else ""))
         return states[-1]
     path = Path(resume_from)
-    if not (path / PROGRESS_FILE).is_file():
-        raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a complete training state folder")
+    if not is_complete(path):
+        raise ResumeError(f"--resume_from_checkpoint {path}: not a complete training state folder")
     return path
 
 
-def load_training_state(accelerator: Accelerator, state_dir: Path) -> dict:
-    """Restore model, optimizer, scheduler and RNGs; returns {'epoch', 'global_step'} of the saved state."""
+def check_settings(progress: dict, config: TrainConfig, processes: int) -> None:
+    """Refuse to resume with a setting that differs from the saved run's, naming the first one that does."""
+    saved = progress.get("settings", {}) | {"processes": progress.get("processes")}
+    now = {name: getattr(config, name) for name in MUST_MATCH} | {"processes": processes}
+    for name, value in now.items():
+        if saved.get(name) != value:
+            flag = "the number of processes" if name == "processes" else f"--{name}"
+            raise ResumeError(f"cannot resume: the saved run used {flag} {saved.get(name)}, this command "
+                              f"{value}. Resume with the same setting, or start a new run with --output_dir NEW_DIR.")
+
+
+def load_training_state(accelerator: Accelerator, state_dir: Path, config: TrainConfig, processes: int) -> dict:
+    """Check the settings, then restore model, optimizer, scheduler and RNGs; returns the saved progress
+    ({'epoch', 'global_step', 'best', ...})."""
+    progress = json.loads((state_dir / PROGRESS_FILE).read_text())
+    check_settings(progress, config, processes)
     accelerator.load_state(str(state_dir))
-    return json.loads((state_dir / PROGRESS_FILE).read_text())
+    return progress

@@ -139,22 +139,6 @@ def test_augmentation_is_deterministic_and_identity_when_off():
     assert torch.allclose(same, images, atol=1e-5)
 
 
-def test_elastic_distortion_is_smooth_bounded_and_per_image():
-    # A 2x2 bright square at the centre of each image: the distortion moves it, by at most about `distort` px.
-    images = torch.zeros(64, 1, 28, 28)
-    images[:, :, 13:15, 13:15] = 1
-    index = torch.arange(64)
-    warped = random_warp(images, index, seed=0, epoch=1, degrees=0, translate=0, scale=0, distort=2.0)
-    assert torch.equal(warped, random_warp(images, index, seed=0, epoch=1, degrees=0, translate=0, scale=0, distort=2.0))
-    coords = torch.arange(28.0)
-    mass = warped.sum((1, 2, 3))
-    centre = torch.stack([(warped.sum(3).squeeze(1) * coords).sum(1), (warped.sum(2).squeeze(1) * coords).sum(1)], 1)
-    moved = (centre / mass[:, None] - 13.5).norm(dim=1)
-    assert moved.max() <= 2.0 * 2**0.5 * 1.1  # both axes at most `distort`, plus bicubic overshoot
-    assert moved.min() < moved.max() and moved.mean() > 0.2  # a different field per image, and a real one
-    assert (mass > 2).all()  # nothing pushed off the image
-
-
 def test_addends_are_pinned():
     # The pairs a seed gives are part of a run's record: a change here would silently change every result.
     assert train_addends(torch.arange(12), seed=42, epoch=1).tolist() == PINNED_ADDENDS

@@ -1,19 +1,15 @@
-"""The optimiser by name, and the defaults of --lr and --weight_decay that follow it."""
+"""The optimiser by name; the training settings' one home (adder.config) and the flags made from it."""
 
-import importlib.util
+import argparse
+import dataclasses
 
 import pytest
 import torch
 
-from adder.optim import DEFAULTS, build_optimizer
-from conftest import ROOT
+from adder.config import OPTIMIZER_DEFAULTS, TrainConfig, add_flags, parse_config
+from adder.optim import build_optimizer
 
-
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SGD, ADAMW = OPTIMIZER_DEFAULTS["sgd"], OPTIMIZER_DEFAULTS["adamw"]
 
 
 def test_each_optimizer_gets_its_settings():
@@ -28,11 +24,25 @@ def test_each_optimizer_gets_its_settings():
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], ("sgd", *DEFAULTS["sgd"])),
-    (["--optimizer", "adamw"], ("adamw", *DEFAULTS["adamw"])),
-    (["--optimizer", "adamw", "--lr", "0.01"], ("adamw", 0.01, DEFAULTS["adamw"][1])),
-    (["--weight_decay", "0"], ("sgd", DEFAULTS["sgd"][0], 0.0)),
+    ([], ("sgd", SGD["lr"], SGD["weight_decay"])),
+    (["--optimizer", "adamw"], ("adamw", ADAMW["lr"], ADAMW["weight_decay"])),
+    (["--optimizer", "adamw", "--lr", "0.01"], ("adamw", 0.01, ADAMW["weight_decay"])),
+    (["--weight_decay", "0"], ("sgd", SGD["lr"], 0.0)),
 ])
 def test_learning_rate_and_weight_decay_follow_the_optimizer_unless_given(argv, expected):
-    args = load_train_script().parse_args(argv)
-    assert (args.optimizer, args.lr, args.weight_decay) == expected
+    config = parse_config(argv)
+    assert (config.optimizer, config.lr, config.weight_decay) == expected
+
+
+def test_the_flags_are_the_config_and_their_defaults_are_its_defaults():
+    assert parse_config([]) == TrainConfig()
+    assert parse_config(["--widths", "4,4", "8", "8,16", "--no_augment"]).widths == [[4, 4], [8], [8, 16]]
+
+
+def test_every_flag_shows_its_default_in_its_help():
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    flags = {action.dest: action.help for action in parser._actions if action.dest != "help"}
+    assert set(flags) == {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, help_text in flags.items():
+        assert "(default: " in help_text, name

@@ -80,8 +80,9 @@ def test_shift_averaged_evaluation_is_exact_with_two_processes(two_process_run, 
 def test_evaluate_prints_the_results_table(two_process_run, tiny_mnist):
     out, _ = two_process_run
     table = run_cli(["evaluate.py", "--ckpt", str(out / "best.pt"), "--data_dir", str(tiny_mnist), "--cpu"]).stdout
-    for row in ("digit acc", "sum acc", "joint acc", "consistency", "per-sum accuracy", "510"):
+    for row in ("digit acc", "sum acc", "joint acc", "consistency", "accuracy per sum", "510"):
         assert row in table
+    assert max(len(line) for line in table.splitlines()[1:]) <= 80  # the first line holds the user's path
 
 
 def test_a_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
@@ -135,20 +136,12 @@ def test_a_new_run_never_overwrites_an_existing_best_pt(two_process_run, tiny_mn
     assert (out / "best.pt").read_bytes() == before
 
 
-def test_wandb_offline_run_creates_its_run_folder(tiny_mnist, tmp_path):
-    fast = [a for a in FAST if a not in ("--report_to", "none")]
-    run_cli(["train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(tmp_path), *fast, "--epochs", "1"],
-            env={"WANDB_MODE": "offline"})
-    runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
-    logged_images = {p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "images").glob("*.png")}
-    assert logged_images == {"curves", "test", "confusion"}  # test_predictions_<step>_<hash>.png
-
-
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist, tmp_path):
     result = train(tiny_mnist, tmp_path, "--epochs", "3", "--lr", "1e30", check=False)
     assert result.returncode != 0
-    assert "training loss is nan" in result.stdout or "training loss is inf" in result.stdout
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error: training loss is"))
+    assert error.split("is ")[1].startswith(("nan", "inf")) and "Traceback" not in result.stderr
+    assert error in (tmp_path / "logs" / "console.log").read_text()  # the log holds what the run printed
     assert not (tmp_path / "logs" / "test_metrics.json").exists()
 
 

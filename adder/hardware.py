@@ -1,0 +1,83 @@
+"""Where a run executes: the GPU when one is usable, otherwise the CPU with the settings that are fast there.
+
+Accelerate only runs on the CPU when told to (`cpu=True`): on a machine with no usable GPU, N processes
+launched without it would each believe they run alone and train the whole data set side by side. So the
+CPU is chosen here, before the Accelerator is made, whenever no GPU is usable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def gpu_usable() -> bool:
+    """A CUDA GPU (or Apple's MPS) that PyTorch can use: False with no GPU, a broken driver or
+    CUDA_VISIBLE_DEVICES=""."""
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes in bf16 itself (x86 avx512_bf16 or AMX, Arm's bf16 feature).
+
+    Without it PyTorch emulates bf16, and autocast trains this model several times slower than fp32
+    (docs/experiments.md, Speed). Where /proc/cpuinfo cannot be read, the safe answer is no.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", cpuinfo) is not None
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask, as taskset or a container sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class Placement:
+    """What the run uses: the arguments for Accelerator, and for the CPU its threads and a line to say why."""
+
+    cpu: bool
+    mixed_precision: str | None  # None: whatever the accelerate config or launcher says (GPU only)
+    threads: int | None = None  # CPU threads per process
+    note: str = ""  # one line: what was chosen on the CPU and why
+    warning: str = ""  # set when an explicit choice will be slow
+
+
+def choose_placement(force_cpu: bool, mixed_precision: str | None, *, gpu: bool, native_bf16: bool,
+                     cores: int, local_processes: int) -> Placement:
+    """The GPU if there is one and the CPU was not asked for; on the CPU, bf16 only where it is native and
+    every core shared among this machine's processes. An explicit `mixed_precision` is always obeyed."""
+    if gpu and not force_cpu:
+        return Placement(cpu=False, mixed_precision=mixed_precision)
+    threads = max(1, cores // max(1, local_processes))
+    why = "--cpu" if force_cpu else "no usable GPU"
+    precision_name = {"no": "fp32"}
+    if mixed_precision is None:
+        mixed_precision = "bf16" if native_bf16 else "no"
+        reason = "this CPU has native bf16" if native_bf16 else "this CPU has no native bf16"
+        note = f"CPU ({why}): {threads} threads per process, {precision_name.get(mixed_precision, mixed_precision)} ({reason})"
+        return Placement(True, mixed_precision, threads, note)
+    note = f"CPU ({why}): {threads} threads per process, {precision_name.get(mixed_precision, mixed_precision)} (--mixed_precision)"
+    warning = ""
+    if mixed_precision == "bf16" and not native_bf16:
+        warning = ("--mixed_precision bf16 on a CPU without native bf16 is emulated and several times slower "
+                   "than fp32; leave --mixed_precision out to get fp32 here")
+    return Placement(True, mixed_precision, threads, note, warning)
+
+
+def place_run(force_cpu: bool, mixed_precision: str | None) -> Placement:
+    """choose_placement() for this machine and this launch; sets the CPU threads when on the CPU."""
+    placement = choose_placement(force_cpu, mixed_precision, gpu=gpu_usable(), native_bf16=cpu_has_native_bf16(),
+                                 cores=cpu_cores(), local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    if placement.threads:
+        # accelerate's launcher sets OMP_NUM_THREADS=1 for GPU launches, which would leave cores idle here.
+        torch.set_num_threads(placement.threads)
+    return placement
