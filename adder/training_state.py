@@ -35,10 +35,13 @@ class ResumeError(RuntimeError):
     """A training state that cannot be resumed by this command; the message says why and what to do."""
 
 
+def has_weights(state: Path) -> bool:
+    return any(state.glob("model*.safetensors")) or any(state.glob("model*.bin"))
+
+
 def is_complete(state: Path) -> bool:
     """progress.json and the model's weights: a folder the main process finished writing."""
-    weights = any(state.glob("model*.safetensors")) or any(state.glob("model*.bin"))
-    return (state / PROGRESS_FILE).is_file() and weights
+    return (state / PROGRESS_FILE).is_file() and has_weights(state)
 
 
 def saved_states(checkpoints_dir: Path) -> list[Path]:
@@ -53,12 +56,16 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
                         config: TrainConfig, keep: int) -> None:
     final = checkpoints_dir / f"epoch_{epoch:03d}"
     partial = final.with_name(final.name + ".partial")
-    if accelerator.is_local_main_process and partial.exists():
-        shutil.rmtree(partial)  # left by a run that died while saving
+    if accelerator.is_local_main_process:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()  # every process has written its part (each saves its own RNG state)
-    if accelerator.is_local_main_process:
+    # The main process names the state; so does each other node's first process where the main process's
+    # files are not on its disk (no shared filesystem). Decided before anything is renamed.
+    names_it = accelerator.is_main_process or (accelerator.is_local_main_process and not has_weights(partial))
+    accelerator.wait_for_everyone()
+    if names_it:
         progress = {"epoch": epoch, "global_step": global_step, "best": best, "processes": accelerator.num_processes,
                     "settings": {name: getattr(config, name) for name in MUST_MATCH}}
         (partial / PROGRESS_FILE).write_text(json.dumps(progress))

@@ -10,15 +10,19 @@ import torch
 
 from conftest import TINY_MODEL, run_cli
 
-FAST = ["--cpu", "--val_size", "100", "--batch_size", "32", "--log_every", "5", "--report_to", "none", *TINY_MODEL,
+FAST = ["--val_size", "100", "--batch_size", "32", "--log_every", "5", "--report_to", "none", *TINY_MODEL,
         "--ema_decay", "0.9",  # the EMA on, so that resuming with 2 processes covers its state
         # A recipe that learns the tiny task in these runs' few dozen steps: SGD, and label smoothing (which
         # holds back early confidence), need more.
         "--optimizer", "adamw", "--lr", "0.03", "--label_smoothing", "0"]
 
 
+# What a machine without a usable GPU looks like, even on one that has a GPU.
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
+
+
 def train(data_dir, out_dir, *extra, processes=1, **kwargs):
-    return run_cli(["train.py", "--data_dir", str(data_dir), "--output_dir", str(out_dir), *FAST, *extra],
+    return run_cli(["train.py", "--data_dir", str(data_dir), "--output_dir", str(out_dir), "--cpu", *FAST, *extra],
                    processes=processes, **kwargs)
 
 
@@ -30,14 +34,36 @@ def evaluate_json(ckpt, data_dir, *extra, processes=1):
 
 @pytest.fixture(scope="module")
 def two_process_run(tiny_mnist, tmp_path_factory):
+    """Two processes launched with --multi_gpu and without --cpu on a machine with no usable GPU."""
     out = tmp_path_factory.mktemp("ddp_run")
-    result = train(tiny_mnist, out, "--epochs", "3", processes=2)
+    result = run_cli(["train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(out), *FAST, "--epochs", "3"],
+                     processes=2, env=NO_GPU)
     return out, result
+
+
+def test_two_processes_without_a_gpu_share_one_run_and_print_each_line_once(two_process_run):
+    out, result = two_process_run
+    assert "2 process(es)" in result.stdout and "CPU (no usable GPU)" in result.stdout
+    logged = (out / "logs" / "console.log").read_text().splitlines()
+    assert len(logged) == len(set(logged)), "a line logged twice"
+    printed = [line.strip() for line in result.stdout.replace("\r", "\n").splitlines()]
+    for line in logged:
+        assert printed.count(line) == 1, line
+    assert any(line.startswith("epoch  3/3") for line in logged)
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluate_with_two_processes_and_no_gpu_gives_one_exact_report(two_process_run, tiny_mnist):
+    out, _ = two_process_run
+    result = run_cli(["evaluate.py", "--ckpt", str(out / "best.pt"), "--data_dir", str(tiny_mnist), "--json"],
+                     processes=2, env=NO_GPU)
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 1 and reports[0]["pairs"] == 510
+    assert reports[0]["joint_correct"] == json.loads((out / "logs" / "test_metrics.json").read_text())["joint_correct"]
 
 
 def test_two_process_training_writes_a_self_describing_best_pt(two_process_run):
     out, result = two_process_run
-    assert "2 process(es)" in result.stdout
     ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["model_config"]["widths"] == [[4, 4], [8, 8], [8]] and 1 <= ckpt["epoch"] <= 3
     assert set(ckpt["val_metrics"]) >= {"digit_acc", "sum_acc", "joint_acc", "consistency", "loss"}
@@ -119,7 +145,9 @@ def test_resume_from_an_explicit_state_folder(two_process_run, tiny_mnist, tmp_p
     out, _ = two_process_run
     shutil.copytree(out, tmp_path / "run")
     state = tmp_path / "run" / "checkpoints" / "epoch_002"
-    result = train(tiny_mnist, tmp_path / "run", "--epochs", "3", "--resume_from_checkpoint", str(state), processes=2)
+    # --log_every is not part of the saved state: it may change.
+    result = train(tiny_mnist, tmp_path / "run", "--epochs", "3", "--resume_from_checkpoint", str(state),
+                   "--log_every", "3", processes=2)
     assert f"resumed from {state}" in result.stdout
     assert (tmp_path / "run" / "logs" / "test_metrics.json").read_text() == (out / "logs" / "test_metrics.json").read_text()
     resumed, original = ([{k: v for k, v in json.loads(line).items() if k != "train_seconds"}
@@ -131,9 +159,11 @@ def test_resume_from_an_explicit_state_folder(two_process_run, tiny_mnist, tmp_p
 def test_a_new_run_never_overwrites_an_existing_best_pt(two_process_run, tiny_mnist):
     out, _ = two_process_run
     before = (out / "best.pt").read_bytes()
+    log_before = (out / "logs" / "console.log").read_text()
     result = train(tiny_mnist, out, "--epochs", "1", check=False)
     assert result.returncode != 0 and "already holds a run" in result.stderr
     assert (out / "best.pt").read_bytes() == before
+    assert (out / "logs" / "console.log").read_text() == log_before  # the refused run wrote nothing there
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist, tmp_path):
@@ -159,6 +189,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist
     (["--label_smoothing", "1"], "--label_smoothing: must be in [0, 1)"),
     (["--resume_from_checkpoint", "latest"], "no saved training state"),
     (["--resume_from_checkpoint", "no/such/folder"], "not a complete training state folder"),
+    (["--output_dir", "/dev/null/run"], "cannot create /dev/null/run/logs"),
 ])
 def test_bad_training_arguments_get_one_clear_error(tiny_mnist, tmp_path, args, message):
     result = train(tiny_mnist, tmp_path, *args, check=False)

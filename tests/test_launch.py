@@ -1,0 +1,120 @@
+"""Wherever a run is launched: the CPU fallback's choices, two nodes without a shared disk, resuming with
+other settings, and a disk that fails mid-run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from adder.data import DeviceMNIST
+from adder.evaluation import evaluate
+from adder.hardware import choose_placement, cpu_has_native_bf16
+from adder.model import AdderNet, ModelConfig
+from conftest import ROOT, free_port
+from test_train_e2e import FAST, NO_GPU, train
+
+
+@pytest.mark.parametrize("force_cpu, requested, gpu, native_bf16, expected, warns", [
+    (False, None, True, False, (False, None), False),  # a GPU: the accelerate config decides
+    (False, "bf16", True, False, (False, "bf16"), False),
+    (True, None, True, True, (True, "bf16"), False),  # --cpu on a GPU box whose CPU has bf16
+    (False, None, False, True, (True, "bf16"), False),  # no GPU: bf16 where the CPU has it natively...
+    (False, None, False, False, (True, "no"), False),  # ...fp32 where it would be emulated
+    (False, "bf16", False, False, (True, "bf16"), True),  # an explicit choice is obeyed, with a warning
+    (False, "no", False, True, (True, "no"), False),
+])
+def test_the_cpu_fallback_chooses_what_is_fast_there(force_cpu, requested, gpu, native_bf16, expected, warns):
+    placement = choose_placement(force_cpu, requested, gpu=gpu, native_bf16=native_bf16, cores=8, local_processes=2)
+    assert (placement.cpu, placement.mixed_precision) == expected
+    assert bool(placement.warning) == warns
+    if placement.cpu:
+        assert placement.threads == 4 and placement.note.startswith("CPU (")  # every core, shared by 2 processes
+    else:
+        assert placement.threads is None  # the GPU's processes keep the launcher's setting
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f avx512_bf16 amx_tile")
+    assert cpu_has_native_bf16("Features\t: fp asimd bf16 i8mm")  # Arm
+    assert not cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f avx512_vnni")
+
+
+def test_evaluate_leaves_the_model_in_the_mode_it_found():
+    data = DeviceMNIST(torch.randint(0, 255, (6, 28, 28), dtype=torch.uint8), torch.arange(6))
+    model = AdderNet(ModelConfig(widths=[[4], [4], [4]]))
+    for training in (True, False):
+        model.train(training)
+        evaluate(model, data)
+        assert model.training == training
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_mnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(tiny_mnist, out, "--epochs", "2")
+    return out
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--batch_size", "16"], "--batch_size 32, this command 16"),
+    (["--widths", "4,4", "8,8", "16"], "--widths"),
+    (["--epochs", "3"], "--epochs 2, this command 3"),
+])
+def test_resume_refuses_a_changed_setting_naming_it(trained_run, tiny_mnist, tmp_path, change, named):
+    result = train(tiny_mnist, trained_run, "--epochs", "2", "--resume_from_checkpoint", "latest", *change,
+                   check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"error: cannot resume: the saved run used {named}" in result.stderr
+
+
+def test_resume_refuses_another_number_of_processes(trained_run, tiny_mnist):
+    result = train(tiny_mnist, trained_run, "--epochs", "2", "--resume_from_checkpoint", "latest", processes=2,
+                   check=False)
+    assert result.returncode != 0 and "the saved run used the number of processes 1, this command 2" in result.stderr
+
+
+def test_a_full_disk_ends_the_run_with_one_line_and_a_resumable_state(tiny_mnist, tmp_path):
+    # The report's temporary file is a link to /dev/full: writing it fails with "No space left on device".
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / ".test_metrics.json.tmp").symlink_to("/dev/full")
+    result = train(tiny_mnist, tmp_path, "--epochs", "2", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, result.stderr
+    assert error[0].startswith(f"error: could not write {tmp_path / 'logs' / 'test_metrics.json'} (No space left "
+                               f"on device). Still safe: best.pt from epoch ")
+    assert error[0].endswith(" and the training state of epoch 2.")
+    assert error[0] in (tmp_path / "logs" / "console.log").read_text()
+    # Once there is room again, the run finishes from where it stopped.
+    (tmp_path / "logs" / ".test_metrics.json.tmp").unlink()
+    train(tiny_mnist, tmp_path, "--epochs", "2", "--resume_from_checkpoint", "latest")
+    assert json.loads((tmp_path / "logs" / "test_metrics.json").read_text())["pairs"] == 510
+
+
+def test_two_nodes_without_a_shared_disk(tiny_mnist, tmp_path):
+    """Two launches on this machine as two nodes of one process each, each with its own output folder."""
+    port = free_port()
+    nodes = []
+    for rank in (0, 1):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+               "--machine_rank", str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+               "train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(tmp_path / f"node{rank}"), *FAST,
+               "--epochs", "2"]
+        env = os.environ | NO_GPU | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+        nodes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    main, other = tmp_path / "node0", tmp_path / "node1"
+    # The final report needed best.pt on every rank: it came from the main node's memory, not from disk.
+    assert json.loads((main / "logs" / "test_metrics.json").read_text())["pairs"] == 510
+    assert not (other / "best.pt").exists() and not (other / "logs").exists()
+    # Each node names its own part of the training state; resuming from the second node's part alone is
+    # refused with a message that says what is missing.
+    assert sorted(p.name for p in (other / "checkpoints").iterdir()) == ["epoch_001", "epoch_002"]
+    result = train(tiny_mnist, other, "--epochs", "2", "--resume_from_checkpoint", "latest", check=False)
+    assert result.returncode != 0 and "this node holds only part of one" in result.stderr
