@@ -18,7 +18,7 @@ def ema_update_with_warmup(decay: float):
     """AveragedModel's multi_avg_fn: average <- lerp(average, current, 1 - decay_n).
 
     decay_n = min(decay, (1 + n) / (10 + n)) after n updates, as in TensorFlow's ExponentialMovingAverage.
-    A fixed 0.999 would still hold 12 % of the random initial weights after the 2,140 steps of a default
+    A fixed 0.999 would still hold 12 % of the random initial weights after the 2,160 steps of a default
     run; the warm-up forgets them within the first few hundred steps and leaves `decay` for long runs.
     """
 

@@ -105,9 +105,11 @@ class AdderNet(nn.Module):
             read = read.unsqueeze(1).expand(-1, addend.shape[1], -1)
         addend_one_hot = F.one_hot(addend.long(), NUM_DIGITS).to(read.dtype)
         if self.config.sum_head == "outer":
-            # p_digit x e_addend sums to 1, so each weight moves a logit by at most its own step; Adam steps
-            # are about lr in size, and confident logits (about 10) would take thousands of steps. The gain
-            # makes them reachable within an epoch.
+            # The entries of p_digit x e_addend lie in [0, 1] and sum to 1: each sum logit is a weighted mean of
+            # the weights of the combinations, and each weight's gradient is scaled by its combination's share.
+            # Without a gain, confident logits (about 10) need weights of about 10, many steps away at the
+            # learning rates used; the gain brings them within the first epoch. It was set with AdamW and kept
+            # with SGD (docs/experiments.md).
             combined = OUTER_GAIN * (read.unsqueeze(-1) * addend_one_hot.unsqueeze(-2)).flatten(-2)
         else:
             combined = torch.cat([read, addend_one_hot], dim=-1)

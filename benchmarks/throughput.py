@@ -2,10 +2,13 @@
 
     python benchmarks/throughput.py --device cuda --data_dir data
     python benchmarks/throughput.py --device cpu --data_dir data
+    python benchmarks/throughput.py --device cpu --epochs 2 --widths 4,4 8,8 8   # a smaller model in both
+
+Any further flag is train.py's (adder/config.py's TrainConfig); without any, both pipelines use its defaults.
 
 (a) classic: torchvision MNIST, per-sample ToTensor + Normalize, a random addend per sample, DataLoader with
     batch 128 and 4 workers, fp32; a plain training loop.
-(b) project: train.py itself (its real loop, via train.main) with its defaults: the split held on the device,
+(b) project: train.py itself (its real loop, via train.main), by default: the split held on the device,
     batch 512, on-device augmentation, channels_last; once in fp32 and once with bf16 autocast (the shipped
     accelerate config's setting).
 Both run in this one process on the same device. Seconds per epoch are for the training pass only
@@ -31,12 +34,10 @@ from torchvision.datasets import MNIST
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
+from adder.config import TrainConfig, parse_config  # noqa: E402
 from adder.data import MNIST_MEAN, MNIST_STD  # noqa: E402
 from adder.loss import AdderLoss  # noqa: E402
-from adder.model import AdderNet  # noqa: E402
-
-
-VAL_SIZE = 5000  # train.py's default hold-out: its epochs have that many images fewer
+from adder.model import AdderNet, ModelConfig  # noqa: E402
 
 
 class ClassicPairs(Dataset):
@@ -60,11 +61,12 @@ def sync(device: torch.device):
         torch.cuda.synchronize()
 
 
-def classic_epochs(data_dir: str, device: torch.device, epochs: int) -> tuple[list[float], int]:
+def classic_epochs(data_dir: str, model_config: ModelConfig, device: torch.device,
+                   epochs: int) -> tuple[list[float], int]:
     dataset = ClassicPairs(data_dir)
     loader = DataLoader(dataset, batch_size=128, shuffle=True, num_workers=4, persistent_workers=True,
                         pin_memory=device.type == "cuda")
-    model = AdderNet().to(device)
+    model = AdderNet(model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = AdderLoss()
     seconds = []
@@ -82,17 +84,17 @@ def classic_epochs(data_dir: str, device: torch.device, epochs: int) -> tuple[li
     return seconds, len(dataset)
 
 
-def project_epochs(data_dir: str, device: torch.device, epochs: int, precision: str, images: int):
+def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.device, precision: str, images: int):
+    """train.py's seconds per training pass, and the images each pass sees (the held-out ones excluded)."""
     with tempfile.TemporaryDirectory() as out:
-        argv = ["--data_dir", data_dir, "--output_dir", out, "--epochs", str(epochs), "--report_to", "none",
-                "--val_size", str(VAL_SIZE),
-                "--mixed_precision", precision] + (["--cpu"] if device.type == "cpu" else [])
+        argv = [*train_flags, "--data_dir", config.data_dir, "--output_dir", out, "--epochs", str(config.epochs),
+                "--report_to", "none", "--mixed_precision", precision] + (["--cpu"] if device.type == "cpu" else [])
         if train.main(argv) != 0:
             sys.exit("error: train.py failed")
         # Accelerate keeps its state per process; forget it so that the next run may use another precision.
         AcceleratorState._reset_state(reset_partial_state=True)
         rows = [json.loads(line) for line in (Path(out) / "logs" / "metrics.jsonl").read_text().splitlines()]
-    return [row["train_seconds"] for row in rows], images - VAL_SIZE
+    return [row["train_seconds"] for row in rows], images - config.val_size
 
 
 def summary(name: str, seconds: list[float], images: int) -> dict:
@@ -103,21 +105,23 @@ def summary(name: str, seconds: list[float], images: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--data_dir", default="data")
+    p.add_argument("--data_dir", default=TrainConfig.data_dir)
     p.add_argument("--epochs", type=int, default=3, help="epochs per pipeline; the first counts as warm-up")
     p.add_argument("--json", type=Path, help="also write the table as JSON here")
-    args = p.parse_args()
+    args, train_flags = p.parse_known_args()
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (one warm-up, one steady)")
+    # train.py's own parser checks the flags meant for it, and gives the settings both pipelines share.
+    config = parse_config([*train_flags, "--data_dir", args.data_dir, "--epochs", str(args.epochs)])
     device = torch.device(args.device)
-    classic_seconds, images = classic_epochs(args.data_dir, device, args.epochs)
+    classic_seconds, images = classic_epochs(config.data_dir, config.model_config, device, config.epochs)
     classic = summary("classic DataLoader, fp32, batch 128", classic_seconds, images)
     project_fp32 = summary("project (train.py), fp32",
-                           *project_epochs(args.data_dir, device, args.epochs, "no", images))
+                           *project_epochs(train_flags, config, device, "no", images))
     project = summary("project (train.py), bf16 autocast",
-                      *project_epochs(args.data_dir, device, args.epochs, "bf16", images))
+                      *project_epochs(train_flags, config, device, "bf16", images))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\ndevice: {name}, torch {torch.__version__}, {args.epochs} epochs each\n")
+    print(f"\ndevice: {name}, torch {torch.__version__}, {config.epochs} epochs each\n")
     print("| pipeline | first epoch s | steady epoch s | images/s |")
     print("|---|---|---|---|")
     for row in (classic, project_fp32, project):
@@ -126,8 +130,9 @@ def main() -> int:
     for pipeline, ratio in ratios.items():
         print(f"{pipeline} / classic throughput: {ratio:.2f}x")
     if args.json:
-        args.json.write_text(json.dumps({"device": name, "rows": [classic, project_fp32, project], "ratios": ratios},
-                                        indent=2))
+        args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "epochs": config.epochs,
+                                         "train_flags": train_flags, "rows": [classic, project_fp32, project],
+                                         "ratios": ratios}, indent=2))
     return 0
 
 

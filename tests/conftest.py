@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "MNIST" / "raw"
+# The real MNIST, for the tests that need it: in the folder MNIST_ADDER_DATA names, or in ./data where
+# README.md tells users to put it (each holding MNIST/raw/).
+REAL_MNIST_DIRS = [Path(os.environ["MNIST_ADDER_DATA"])] if "MNIST_ADDER_DATA" in os.environ else [ROOT / "data"]
 TINY_MODEL = ["--widths", "4,4", "8,8", "8", "--sum_hidden", "16"]
 
 
@@ -52,10 +54,11 @@ def tiny_mnist(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def real_mnist(tmp_path_factory) -> Path:
     """A writable copy of the real MNIST archives (torchvision extracts them beside themselves)."""
-    if not SHARED_MNIST.is_dir():
-        pytest.skip(f"real MNIST not found at {SHARED_MNIST}")
+    raw = next((d / "MNIST" / "raw" for d in REAL_MNIST_DIRS if (d / "MNIST" / "raw").is_dir()), None)
+    if raw is None:
+        pytest.skip(f"real MNIST not found in {REAL_MNIST_DIRS[0] / 'MNIST' / 'raw'} (set MNIST_ADDER_DATA)")
     root = tmp_path_factory.mktemp("real_mnist")
-    shutil.copytree(SHARED_MNIST, root / "MNIST" / "raw")
+    shutil.copytree(raw, root / "MNIST" / "raw", ignore=shutil.ignore_patterns("*-ubyte"))  # the archives only
     return root
 
 

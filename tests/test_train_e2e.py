@@ -46,7 +46,7 @@ def test_two_processes_without_a_gpu_share_one_run_and_print_each_line_once(two_
     assert "2 process(es)" in result.stdout and "CPU (no usable GPU)" in result.stdout
     logged = (out / "logs" / "console.log").read_text().splitlines()
     assert len(logged) == len(set(logged)), "a line logged twice"
-    printed = [line.strip() for line in result.stdout.replace("\r", "\n").splitlines()]
+    printed = [line.strip() for line in (result.stdout + result.stderr).replace("\r", "\n").splitlines()]
     for line in logged:
         assert printed.count(line) == 1, line
     assert any(line.startswith("epoch  3/3") for line in logged)

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The GPU check in one go, on one CUDA GPU: README's one-GPU command
+# (accelerate launch --config_file accelerate_config.yaml train.py) with seeds 42 (the record behind
+# training_logs/), 1 and 2, each checked by evaluate.py; the throughput benchmark; the CUDA tests; and, if time
+# is left, evaluate.py sharded over two processes on the one GPU against one process.
+#
+#   bash benchmarks/gpu_check.sh DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]
+#
+# DATA_DIR holds MNIST/raw/ (the *-ubyte.gz archives); it is only read. The check installs nothing and tracks
+# nothing (--report_to none): python3 with torch, torchvision, accelerate, torchmetrics, matplotlib, pytest
+# and tqdm is all it needs. OUT_DIR (new or empty) receives seven files, each well under 16 MB:
+#   gpu.txt             the card, as nvidia-smi names it
+#   cuda_tests.txt      pytest tests/test_cuda.py
+#   benchmark_gpu.json  benchmarks/throughput.py: the classic DataLoader pipeline against the project's, fp32
+#                       and bf16, same run, same card
+#   record.tar          the seed-42 run: logs/ (console.log, metrics.jsonl, test_metrics.json, the three
+#                       figures) and best.pt; `tar -xf record.tar -C training_logs` unpacks it
+#   seeds.json          per seed: test accuracies, best epoch, wall seconds from launch to exit, steady epoch
+#                       seconds, the card, whether evaluate.py reproduced the test report; mean and std
+#   two_processes.json  evaluate.py over two processes sharing the GPU against one process
+#   check.log           everything the steps printed, each step stamped with the time
+# The check keeps within --budget seconds (default 480): each step is cut off at its own budget or at the
+# deadline, and a step for which less than half its budget is left is skipped with a note; the others still
+# run. The exit status is 0 when no step failed or timed out.
+#
+# --smoke: the same steps and files on the CPU (CUDA hidden), to know the script works before GPU time is
+# spent on it: 2 epochs of a tiny model, seeds 42 and 1, the benchmark at the same size. On tiny data it takes
+# a minute or two; tests/test_gpu_check.py runs it on tiny synthetic MNIST, as this does:
+#   python3 -c 'import sys; sys.path.insert(0, "tests"); import conftest; conftest.make_mnist_dir(
+#       conftest.Path("/tmp/tiny"), n_train=600, n_test=51)'
+#   bash benchmarks/gpu_check.sh /tmp/tiny /tmp/gpu_check_smoke --smoke
+set -uo pipefail
+
+usage="usage: bash benchmarks/gpu_check.sh DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]"
+(( $# >= 2 )) || { echo "$usage" >&2; exit 2; }
+data=$1 out=$2
+shift 2
+smoke=false budget=480
+while (( $# )); do
+    case $1 in
+        --smoke) smoke=true ;;
+        --budget) [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "error: --budget takes a number of seconds" >&2; exit 2; }
+                  budget=$2; shift ;;
+        *) echo "error: unknown argument $1; $usage" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ -d $data/MNIST/raw ]] || { echo "error: $data/MNIST/raw not found: DATA_DIR must hold MNIST/raw/" >&2; exit 2; }
+mkdir -p "$out" || exit 2
+[[ -z $(ls -A "$out") ]] || { echo "error: $out is not empty: the check writes into a new or empty folder" >&2; exit 2; }
+data=$(cd "$data" && pwd) out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."
+
+# Each step's budget in seconds: a generous guess at what it takes on an H100 (two to three times the
+# expected time; the whole check should take four to six minutes there), most for the record's run, which
+# comes first. The reserve covers a step's grace period after being cut off, the summary and the tar.
+seeds=(42 1 2)
+gpu_budget=20 train_budget=150 evaluate_budget=45 benchmark_budget=120 cuda_tests_budget=90 two_processes_budget=60
+reserve=30
+deadline=$(( budget - reserve ))
+device=cuda size_flags=()  # train.py's settings, for the training runs and the benchmark; none: its defaults
+if $smoke; then
+    export CUDA_VISIBLE_DEVICES=""
+    seeds=(42 1)
+    device=cpu
+    size_flags=(--epochs 2 --val_size 100 --batch_size 100 --widths 4,4 8,8 8 --sum_hidden 16)
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || exit 1
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/steps" "$work/runs" "$work/data/MNIST"
+log=$out/check.log
+
+say() { printf '[%s +%ds] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*" | tee -a "$log"; }
+
+# run_step NAME BUDGET COMMAND...: runs COMMAND, cut off after BUDGET seconds or at the deadline. What it
+# printed (progress bars dropped) goes to check.log and steps/NAME.txt, its outcome and seconds to
+# steps/NAME.json. Its output goes to a file, not a pipe, so that a process it leaves behind when cut off
+# cannot hold the check up.
+run_step() {
+    local name=$1 step_budget=$2 outcome rc limit start
+    shift 2
+    local left=$(( deadline - SECONDS ))
+    start=$(date +%s%N)
+    if (( left < step_budget / 2 )); then
+        outcome="skipped: ${left} s of the check's budget left, this step's is ${step_budget} s"
+        say "$name: $outcome"
+    else
+        limit=$(( left < step_budget ? left : step_budget ))
+        say "$name: $* (budget ${limit} s)"
+        timeout --kill-after=20 "$limit" "$@" > "$work/steps/$name.raw" 2>&1
+        rc=$?
+        if (( rc == 0 )); then
+            outcome=ok
+        elif (( ($(date +%s%N) - start) / 1000000000 >= limit )); then
+            outcome="timed out after ${limit} s"
+        else
+            outcome="failed (exit $rc)"
+        fi
+        tr '\r' '\n' < "$work/steps/$name.raw" | grep -v -E '^\s*$|it/s\]|s/it\]' > "$work/steps/$name.txt"
+        tee -a "$log" < "$work/steps/$name.txt"
+    fi
+    local ms=$(( ($(date +%s%N) - start) / 1000000 ))
+    local seconds=$(( ms / 1000 )).$(printf %03d $(( ms % 1000 )))
+    printf '{"outcome": "%s", "seconds": %s}\n' "$outcome" "$seconds" > "$work/steps/$name.json"
+    say "$name: $outcome, $seconds s"
+}
+
+# keep_output NAME FILE: what step NAME printed, and its outcome, as OUT_DIR/FILE.
+keep_output() {
+    { cat "$work/steps/$1.txt" 2> /dev/null; echo "outcome: $(cat "$work/steps/$1.json")"; } > "$out/$2"
+}
+
+say "gpu_check: $($smoke && echo "--smoke, on the CPU" || echo "on the GPU"), budget ${budget} s," \
+    "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+python3 -c 'from importlib.metadata import version
+print(", ".join(f"{name} {version(name)}" for name in ("torch", "torchvision", "accelerate", "torchmetrics")))' \
+    2>&1 | tee -a "$log"
+if ! $smoke && ! python3 -c 'import sys, torch
+print(f"CUDA {torch.version.cuda}, usable: {torch.cuda.is_available()}")
+sys.exit(not torch.cuda.is_available())' 2>&1 | tee -a "$log"; then
+    say "error: no usable CUDA GPU; bash benchmarks/gpu_check.sh DATA_DIR OUT_DIR --smoke is the CPU dry run"
+    exit 1
+fi
+# A writable copy: torchvision extracts the archives beside themselves.
+cp -r "$data/MNIST/raw" "$work/data/MNIST/" && chmod -R u+w "$work/data" || { say "error: cannot copy $data/MNIST/raw"; exit 1; }
+
+if command -v nvidia-smi > /dev/null; then
+    run_step gpu "$gpu_budget" nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    keep_output gpu gpu.txt
+else
+    echo "no nvidia-smi: no NVIDIA driver$($smoke && echo " (--smoke runs on the CPU)")" | tee "$out/gpu.txt" >> "$log"
+fi
+
+# README's one-GPU command, tracking off; python3 -m accelerate.commands.launch is `accelerate launch` without
+# relying on the entry point being on PATH.
+for seed in "${seeds[@]}"; do
+    run=$work/runs/seed_$seed
+    run_step "train_seed_$seed" "$train_budget" python3 -m accelerate.commands.launch \
+        --config_file accelerate_config.yaml train.py \
+        --data_dir "$work/data" --output_dir "$run" --report_to none --seed "$seed" "${size_flags[@]}"
+    run_step "evaluate_seed_$seed" "$evaluate_budget" python3 evaluate.py --ckpt "$run/best.pt" \
+        --data_dir "$work/data" --json
+done
+
+run_step benchmark "$benchmark_budget" python3 benchmarks/throughput.py --device "$device" \
+    --data_dir "$work/data" --json "$out/benchmark_gpu.json" "${size_flags[@]}"
+
+run_step cuda_tests "$cuda_tests_budget" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+keep_output cuda_tests cuda_tests.txt
+
+# The record's best.pt evaluated by two processes sharing the one GPU (benchmarks/share_gpu.py says what that
+# takes); the summary compares their counts with the one-process evaluation's.
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+run_step two_processes "$two_processes_budget" python3 -m accelerate.commands.launch --multi_gpu \
+    --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no --main_process_port "$port" \
+    benchmarks/share_gpu.py evaluate.py --ckpt "$work/runs/seed_${seeds[0]}/best.pt" --data_dir "$work/data" --json
+
+record=$work/runs/seed_${seeds[0]}
+members=()
+[[ -d $record/logs ]] && members+=(logs)
+[[ -f $record/best.pt ]] && members+=(best.pt)
+tar -cf "$out/record.tar" -C "$record" --exclude wandb -T /dev/null "${members[@]}" 2>&1 | tee -a "$log"
+python3 benchmarks/gpu_check_summary.py "$work" "$out" "${seeds[@]}" 2>&1 | tee -a "$log"
+say "gpu_check: finished; $out holds:"
+ls -l "$out" | tee -a "$log"
+! grep -q -E '"outcome": "(failed|timed out)' "$work"/steps/*.json

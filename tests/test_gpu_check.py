@@ -1,0 +1,95 @@
+"""benchmarks/gpu_check.sh, the GPU check, in its CPU dry mode: every step runs and every output file is made,
+within the limits on what the check may write, so that the script is known to work before GPU time is spent."""
+
+import json
+import re
+import subprocess
+import tarfile
+
+import pytest
+
+from conftest import ROOT
+
+OUTPUTS = {"gpu.txt", "cuda_tests.txt", "benchmark_gpu.json", "record.tar", "seeds.json", "two_processes.json",
+           "check.log"}
+RECORD = {"best.pt", "logs/console.log", "logs/metrics.jsonl", "logs/test_metrics.json", "logs/curves.png",
+          "logs/confusion.png", "logs/test_predictions.png"}
+STEPS = ["train_seed_42", "evaluate_seed_42", "train_seed_1", "evaluate_seed_1", "benchmark", "cuda_tests",
+         "two_processes"]
+
+
+def gpu_check(data, out, *flags, timeout=600):
+    return subprocess.run(["bash", "benchmarks/gpu_check.sh", str(data), str(out), *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_within_limits(out):
+    """At most 8 files, none over 16 MB, none more than two folders below OUT_DIR."""
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert len(files) <= 8
+    assert all(path.stat().st_size <= 16 * 2**20 for path in files)
+    assert all(len(path.relative_to(out).parts) <= 3 for path in out.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def smoke(tiny_mnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check") / "out"
+    result = gpu_check(tiny_mnist, out, "--smoke")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def test_the_dry_run_writes_every_output_within_the_limits(smoke):
+    assert {path.name for path in smoke.iterdir()} == OUTPUTS
+    assert_within_limits(smoke)
+    with tarfile.open(smoke / "record.tar") as record:
+        assert RECORD <= {member.name for member in record.getmembers() if member.isfile()}
+    assert "3 skipped" in (smoke / "cuda_tests.txt").read_text()  # tests/test_cuda.py ran, and needs CUDA
+    benchmark = json.loads((smoke / "benchmark_gpu.json").read_text())
+    assert len(benchmark["rows"]) == 3 and benchmark["device"].startswith("CPU")
+    log = (smoke / "check.log").read_text()
+    for step in STEPS:  # each step is stamped with the time and says how it ended
+        assert re.search(rf"^\[\d\d:\d\d:\d\d \+\d+s\] {step}: ok, [\d.]+ s$", log, re.MULTILINE), step
+
+
+def test_every_seed_is_tabled_and_reproduced_by_evaluate(smoke):
+    table = json.loads((smoke / "seeds.json").read_text())
+    assert [run["seed"] for run in table["runs"]] == [42, 1] and table["record_seed"] == 42
+    for run in table["runs"]:
+        assert run["outcome"] == "ok" and run["evaluate_outcome"] == "ok"
+        assert run["evaluate_reproduced"] is True and run["evaluate_counts"]["pairs"] == 510
+        assert run["best_epoch"] in (1, 2) and run["epochs"] == 2 and run["gpu"] is None
+        assert run["wall_s"] > 0 and run["steady_epoch_s"] > 0
+        assert all(0 <= run[f"test_{name}"] <= 1 for name in ("digit_acc", "sum_acc", "joint_acc", "consistency"))
+    assert table["over_seeds"]["seeds"] == [42, 1] and table["over_seeds"]["test_joint_acc"]["std"] is not None
+
+
+def test_two_processes_give_the_counts_of_one(smoke):
+    check = json.loads((smoke / "two_processes.json").read_text())
+    assert check["outcome"] == "ok" and check["two_processes"]["pairs"] == 510
+    assert check["identical"] is True
+
+
+def test_steps_the_budget_has_no_room_for_are_skipped_with_a_note(tiny_mnist, tmp_path):
+    result = gpu_check(tiny_mnist, tmp_path / "out", "--smoke", "--budget", "25")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {path.name for path in (tmp_path / "out").iterdir()} == OUTPUTS
+    assert_within_limits(tmp_path / "out")
+    table = json.loads((tmp_path / "out" / "seeds.json").read_text())
+    assert all(run["outcome"].startswith("skipped: ") and run["test_joint_acc"] is None for run in table["runs"])
+    assert json.loads((tmp_path / "out" / "two_processes.json").read_text())["identical"] is None
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["{data}/nowhere", "{out}"], "MNIST/raw not found"),
+    (["{data}", "{full}"], "is not empty"),
+    (["{data}", "{out}", "--budget", "soon"], "--budget takes a number of seconds"),
+])
+def test_bad_arguments_get_one_error_line(tiny_mnist, tmp_path, arguments, message):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old.txt").write_text("an earlier check")
+    paths = {"data": tiny_mnist, "out": tmp_path / "out", "full": tmp_path / "full"}
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", *(a.format(**paths) for a in arguments)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
