@@ -13,8 +13,8 @@
 #   cuda_tests.txt      pytest tests/test_cuda.py
 #   benchmark_gpu.json  benchmarks/throughput.py: the classic DataLoader pipeline against the project's, fp32
 #                       and bf16, same run, same card
-#   record.tar          the seed-42 run: logs/ (console.log, metrics.jsonl, test_metrics.json, the three
-#                       figures) and best.pt; `tar -xf record.tar -C training_logs` unpacks it
+#   record.tar          the seed-42 run as its folder holds it: logs/ (console.log, metrics.jsonl,
+#                       test_metrics.json, the three figures) and best.pt
 #   seeds.json          per seed: test accuracies, best epoch, wall seconds from launch to exit, steady epoch
 #                       seconds, the card, whether evaluate.py reproduced the test report; mean and std
 #   two_processes.json  evaluate.py over two processes sharing the GPU against one process

@@ -32,8 +32,13 @@ def step(work: Path, name: str) -> dict:
 def printed_json(work: Path, name: str) -> dict | None:
     """The last JSON object a step printed on a line of its own (evaluate.py --json prints one)."""
     path = work / "steps" / f"{name}.txt"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return next((json.loads(line) for line in reversed(lines) if line.startswith("{")), None)
+    for line in reversed(path.read_text().splitlines() if path.exists() else []):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line of a message, not the report
+    return None
 
 
 def read_json(path: Path) -> dict | None:
