@@ -105,10 +105,11 @@ def own_images_table(paths: list[Path], answers: list[dict]) -> str:
     """One row per picture and addend, within 80 columns; a picture's digit is shown on its first row."""
     lines = [f"{'file':<38}{'digit':>7}{'p':>7}{'addend':>8}{'sum':>5}{'p':>7}"]
     for path, answer in zip(paths, answers):
-        name = str(path) if len(str(path)) <= 37 else "..." + str(path)[-34:]
+        name = str(path) if len(str(path)) <= 37 else "..." + str(path)[-34:]  # the end names the file
         read = f"{name:<38}{answer['digit']:>7}{answer['digit_prob']:>7.3f}"
         for row, added in enumerate(answer["sums"]):
-            lines.append(f"{read if row == 0 else '':<52}{added['addend']:>8}{added['sum']:>5}{added['sum_prob']:>7.3f}")
+            sums = f"{added['addend']:>8}{added['sum']:>5}{added['sum_prob']:>7.3f}"
+            lines.append(f"{read if row == 0 else '':<52}{sums}")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 SIZE, BOX = 28, 20  # MNIST: a 28x28 field, the digit fitted into a 20x20 box within it
 MAX_PIXELS = 4000 * 4000  # more is a scene or a scan of a page, not a picture of one digit
 MIN_CONTRAST = 0.15  # ink differs from its paper by at least this part of the brightness range (38 of 255)
-BORDER = 0.02  # the outermost 2 % of rows and columns are taken to be paper
+BORDER = 0.02  # the outermost 2 % of rows and columns show the paper's colour (light or dark)
 # Stroke widths in pixels of the 28x28 field, measured on MNIST's 10,000 test digits with _stroke_width: the
 # median is 2.0, and 1 in 200 is thinner than 1.0.
 MNIST_STROKE, THINNEST_STROKE = 2.0, 1.0
