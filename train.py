@@ -18,6 +18,7 @@ A run writes into --output_dir (default: the current directory):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -97,16 +98,13 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f}m{seconds % 60:02.0f}s" if seconds >= 60 else f"{seconds:.0f}s"
 
 
+@contextlib.contextmanager
 def saving(what: Path, safe: str):
     """Turns a failed write (disk full, folder not writable...) into one line naming the file and what is safe."""
-    class Guard:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, kind, err, _):
-            if isinstance(err, OSError):
-                raise RunFailed(f"could not write {what} ({err.strerror or err}). Still safe: {safe}.") from err
-    return Guard()
+    try:
+        yield
+    except OSError as err:
+        raise RunFailed(f"could not write {what} ({err.strerror or err}). Still safe: {safe}.") from err
 
 
 def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, DeviceMNIST]:

@@ -19,7 +19,8 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from adder.data import MNIST_MEAN, MNIST_STD, DeviceMNIST  # noqa: E402
+from adder.data import DeviceMNIST  # noqa: E402
+from adder.evaluation import one_addend_predictions  # noqa: E402
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -51,25 +52,18 @@ def curves_figure(epochs: list[dict]) -> plt.Figure:
     return fig
 
 
-@torch.no_grad()
 def predictions_figure(model, test_set: DeviceMNIST, count: int = 32, seed: int = 0) -> plt.Figure:
     """Test images with a random addend each: the mistakes first (marked red), then right answers."""
-    addends = torch.randint(0, 10, (len(test_set),), generator=torch.Generator().manual_seed(seed))
-    digit_pred, sum_pred = [], []
-    for index in torch.arange(len(test_set)).split(2000):
-        images, _, _ = test_set.eval_batch(index)
-        d, s = model(images, addends[index])
-        digit_pred.append(d.argmax(-1))
-        sum_pred.append(s.argmax(-1))
-    digit_pred, sum_pred = torch.cat(digit_pred), torch.cat(sum_pred)
-    labels = test_set.labels.cpu()
-    wrong = (digit_pred != labels) | (sum_pred != labels + addends)
+    answers = one_addend_predictions(model, test_set, seed)
+    digits, addends, sums = answers["digit"], answers["addend"], answers["sum"]
+    digit_pred, sum_pred = answers["predicted digit"], answers["predicted sum"]
+    wrong = (digit_pred != digits) | (sum_pred != sums)
     order = torch.cat([wrong.nonzero().flatten(), (~wrong).nonzero().flatten()])[:count]
     cols = 8
     fig, axes = plt.subplots((len(order) + cols - 1) // cols, cols, figsize=(cols * 1.6, len(order) / cols * 2.0))
     for ax, i in zip(axes.flat, order.tolist()):
         ax.imshow(test_set.images[i].cpu(), cmap="gray")
-        ax.set_title(f"{labels[i]}+{addends[i]}={labels[i] + addends[i]}\npred {digit_pred[i]}, {sum_pred[i]}",
+        ax.set_title(f"{digits[i]}+{addends[i]}={sums[i]}\npred {digit_pred[i]}, {sum_pred[i]}",
                      fontsize=8, color="red" if wrong[i] else "black")
     for ax in axes.flat:
         ax.axis("off")

@@ -16,7 +16,6 @@ answers; otherwise it is recorded offline under logs/wandb/ and `wandb sync` upl
 
 from __future__ import annotations
 
-import copy
 import http.client
 import logging
 import platform
@@ -28,7 +27,8 @@ import accelerate
 import torch
 
 from adder.checkpoint import read_checkpoint
-from adder.data import NUM_ADDENDS, DeviceMNIST
+from adder.data import DeviceMNIST
+from adder.evaluation import one_addend_predictions
 from adder.metrics import scalars
 from adder.model import NUM_DIGITS
 
@@ -87,34 +87,6 @@ def environment(accelerator) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
-    }
-
-
-@torch.no_grad()
-def one_addend_predictions(model, test_set: DeviceMNIST, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Each test image with one random addend, scored by `model`: CPU tensors by column name.
-
-    The probabilities are the model's softmax probabilities of the answers it gives.
-    """
-    model = copy.deepcopy(model).eval().to(test_set.device)  # where the images are; the caller's model stays as is
-    addends = torch.randint(0, NUM_ADDENDS, (len(test_set),), generator=torch.Generator().manual_seed(seed))
-    digit_probs, sum_probs = [], []
-    for index in torch.arange(len(test_set)).split(1000):
-        images, _, _ = test_set.eval_batch(index.to(test_set.device))
-        digit_logits, sum_logits = model(images, addends[index].to(test_set.device))
-        digit_probs.append(digit_logits.float().softmax(-1).cpu())
-        sum_probs.append(sum_logits.float().softmax(-1).cpu())
-    digit_probability, predicted_digit = torch.cat(digit_probs).max(-1)
-    sum_probability, predicted_sum = torch.cat(sum_probs).max(-1)
-    digits = test_set.labels.cpu()
-    return {
-        "addend": addends,
-        "digit": digits,
-        "predicted digit": predicted_digit,
-        "digit probability": digit_probability,
-        "sum": digits + addends,
-        "predicted sum": predicted_sum,
-        "sum probability": sum_probability,
     }
 
 
