@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from PIL import Image
 
 from adder.checkpoint import CheckpointError, load_model
+from adder.config import TrainConfig
 from adder.data import DataError, DeviceMNIST, load_mnist, normalize
 from adder.digit_image import DigitImageError, image_files, read_image
 from adder.evaluation import evaluate
@@ -37,7 +38,8 @@ from adder.model import NUM_SUMS, ShiftAveraged, count_parameters
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (best.pt)")
-    p.add_argument("--data_dir", default="data", help="folder holding MNIST/raw/ (downloaded there if absent)")
+    p.add_argument("--data_dir", default=TrainConfig.data_dir,
+                   help="folder holding MNIST/raw/ (downloaded there if absent)")
     p.add_argument("--batch_size", type=int, default=1000, help="test images per forward pass (x10 pairs)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even if a GPU is present")

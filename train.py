@@ -107,6 +107,14 @@ def saving(what: Path, safe: str):
         raise RunFailed(f"could not write {what} ({err.strerror or err}). Still safe: {safe}.") from err
 
 
+def still_safe(best_epoch: int, saved_epoch: int) -> str:
+    """What a failed write leaves intact, for its error message (epoch 0: none yet)."""
+    safe = [f"best.pt from epoch {best_epoch}"] if best_epoch else []
+    if saved_epoch:
+        safe.append(f"the training state of epoch {saved_epoch}")
+    return " and ".join(safe) or "nothing yet"
+
+
 def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, DeviceMNIST]:
     """The train, validation and test splits, each held whole on the training device."""
     try:
@@ -127,6 +135,49 @@ def final_model(folder: RunFolder, accelerator: Accelerator) -> tuple[AdderNet, 
     payload = [load_model(folder.best) if accelerator.is_main_process else None]
     broadcast_object_list(payload, from_process=0)
     return payload[0]
+
+
+def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log: logging.Logger):
+    """(first epoch to run, global step, best validation so far): from the saved training state with
+    --resume_from_checkpoint, whose settings that shape the run must be this command's; else a fresh start."""
+    if not config.resume_from_checkpoint:
+        return 1, 0, {"epoch": 0, "joint_acc": -1.0}
+    try:
+        state_dir = resolve_state(config.resume_from_checkpoint, folder.checkpoints)
+        progress = load_training_state(accelerator, state_dir, config, accelerator.num_processes)
+    except ResumeError as err:
+        raise RunFailed(str(err)) from err
+    best = progress["best"]
+    log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {progress['global_step']}, "
+             f"best val joint {best['joint_acc']:.4%} at epoch {best['epoch']})")
+    return progress["epoch"] + 1, progress["global_step"], best
+
+
+def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, test_set: DeviceMNIST,
+                 tracking: Tracking, global_step: int, log: logging.Logger) -> None:
+    """best.pt on the test set, which played no part in training or selection: logged, written to
+    logs/test_metrics.json, drawn, and sent to the tracker."""
+    device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
+    best_model, best_ckpt = final_model(folder, accelerator)
+    # In fp32, like evaluate.py, so that the two report the same numbers for the same file.
+    test = evaluate(best_model.to(device), test_set, rank=rank, world_size=world_size)
+    log.info(f"test (best.pt from epoch {best_ckpt['epoch']}, {test['pairs']:,} pairs): {fmt(test)}")
+    # Test-time augmentation, reported beside the plain numbers rather than instead of them (README.md).
+    shifted = evaluate(ShiftAveraged(best_model), test_set, rank=rank, world_size=world_size)
+    log.info(f"test, averaged over 1-pixel shifts (evaluate.py --tta): {fmt(shifted)}")
+    if accelerator.is_main_process:
+        safe = still_safe(best_ckpt["epoch"], saved_epoch=config.epochs)
+        test_metrics = folder.logs / "test_metrics.json"
+        with saving(test_metrics, safe):
+            atomic_write_text(test_metrics, json.dumps(
+                {"epoch": best_ckpt["epoch"], "parameters": count_parameters(best_model)} | report(test)
+                | {"tta": report(shifted)}, indent=2))
+        figures = run_figures(read_metrics(folder.metrics), best_model, test_set, test)
+        with saving(folder.logs, safe):
+            save_figures(figures, folder.logs)
+        log.info(f"figures: {', '.join(str(folder.logs / f'{name}.png') for name in figures)}")
+        tracking.log_test_results(global_step, test, shifted, checkpoint=folder.best, model=best_model,
+                                  test_set=test_set, figures=figures)
 
 
 def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log: logging.Logger) -> None:
@@ -159,17 +210,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     tracking = Tracking.start(accelerator, config.to_dict(), logs_dir=folder.logs, run_name=config.run_name,
                               log_model=not config.no_log_model)
 
-    # Resume: the settings that shape the run must be the saved ones (see adder/training_state.py).
-    start_epoch, global_step, best = 1, 0, {"epoch": 0, "joint_acc": -1.0}
-    if config.resume_from_checkpoint:
-        try:
-            state_dir = resolve_state(config.resume_from_checkpoint, folder.checkpoints)
-            progress = load_training_state(accelerator, state_dir, config, world_size)
-        except ResumeError as err:
-            raise RunFailed(str(err)) from err
-        start_epoch, global_step, best = progress["epoch"] + 1, progress["global_step"], progress["best"]
-        log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {global_step}, "
-                 f"best val joint {best['joint_acc']:.4%} at epoch {best['epoch']})")
+    start_epoch, global_step, best = resume(config, folder, accelerator, log)
 
     # One row per finished epoch; a resumed run drops the rows of epochs it is about to redo.
     epoch_rows = [r for r in read_metrics(folder.metrics) if r["epoch"] < start_epoch] if folder.metrics.exists() else []
@@ -218,8 +259,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                  f"{time.perf_counter() - epoch_start:.1f}s total, run ETA {duration(eta)})"
                  f"{'  -> best.pt' if improved else ''}")
         accelerator.log({f"val/{k}": v for k, v in scalars(val).items()} | {"epoch": epoch}, step=global_step)
-        safe = (f"best.pt from epoch {best['epoch']}" if best["epoch"] else "nothing yet") + \
-               (f" and the training state of epoch {epoch - 1}" if epoch > 1 else "")
+        safe = still_safe(best["epoch"], saved_epoch=epoch - 1)
         if accelerator.is_main_process:
             epoch_rows.append({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
                                "train_loss": train_loss, "train_seconds": train_seconds}
@@ -238,27 +278,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     accelerator.wait_for_everyone()
     log.info(f"training done in {time.perf_counter() - run_start:.1f}s")
 
-    # Final report: the selected model on the test set, which played no part in training or selection.
-    best_model, best_ckpt = final_model(folder, accelerator)
-    # In fp32, like evaluate.py, so that the two report the same numbers for the same file.
-    test = evaluate(best_model.to(device), data["test"], rank=rank, world_size=world_size)
-    log.info(f"test (best.pt from epoch {best_ckpt['epoch']}, {test['pairs']:,} pairs): {fmt(test)}")
-    # Test-time augmentation, reported beside the plain numbers rather than instead of them (README.md).
-    shifted = evaluate(ShiftAveraged(best_model), data["test"], rank=rank, world_size=world_size)
-    log.info(f"test, averaged over 1-pixel shifts (evaluate.py --tta): {fmt(shifted)}")
-    if accelerator.is_main_process:
-        safe = f"best.pt from epoch {best_ckpt['epoch']} and the training state of epoch {config.epochs}"
-        test_metrics = folder.logs / "test_metrics.json"
-        with saving(test_metrics, safe):
-            atomic_write_text(test_metrics, json.dumps(
-                {"epoch": best_ckpt["epoch"], "parameters": count_parameters(best_model)} | report(test)
-                | {"tta": report(shifted)}, indent=2))
-        figures = run_figures(read_metrics(folder.metrics), best_model, data["test"], test)
-        with saving(folder.logs, safe):
-            save_figures(figures, folder.logs)
-        log.info(f"figures: {', '.join(str(folder.logs / f'{name}.png') for name in figures)}")
-        tracking.log_test_results(global_step, test, shifted, checkpoint=folder.best, model=best_model,
-                                  test_set=data["test"], figures=figures)
+    final_report(config, folder, accelerator, data["test"], tracking, global_step, log)
 
 
 def main(argv=None) -> int:

@@ -150,11 +150,14 @@ run_step cuda_tests "$cuda_tests_budget" python3 -m pytest -q -p no:cacheprovide
 keep_output cuda_tests cuda_tests.txt
 
 # The record's best.pt evaluated by two processes sharing the one GPU (benchmarks/share_gpu.py says what that
-# takes); the summary compares their counts with the one-process evaluation's.
+# takes); the summary compares their counts with the one-process evaluation's. On the CPU (--smoke) the two
+# processes form their group as any CPU launch does, with no help.
+share_gpu=(benchmarks/share_gpu.py)
+$smoke && share_gpu=()
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 run_step two_processes "$two_processes_budget" python3 -m accelerate.commands.launch --multi_gpu \
     --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no --main_process_port "$port" \
-    benchmarks/share_gpu.py evaluate.py --ckpt "$work/runs/seed_${seeds[0]}/best.pt" --data_dir "$work/data" --json
+    "${share_gpu[@]}" evaluate.py --ckpt "$work/runs/seed_${seeds[0]}/best.pt" --data_dir "$work/data" --json
 
 record=$work/runs/seed_${seeds[0]}
 members=()

@@ -31,7 +31,11 @@ def main() -> None:
     os.environ["LOCAL_RANK"] = "0"
     sys.argv = [script, *args]
     sys.path[0] = str(Path(script).resolve().parent)  # the script's imports resolve as if it were run itself
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        if dist.is_initialized():  # the group made here, if the script left it: gloo aborts on a live one
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
