@@ -185,7 +185,9 @@ def _thicken_thin_strokes(ink: np.ndarray) -> np.ndarray:
         return ink
     # Widening by 2r pixels also enlarges the digit by 2r: solve (width + 2r) / (extent + 2r) = MNIST_STROKE / BOX.
     radius = round((MNIST_STROKE * extent - BOX * width) / (2 * (BOX - MNIST_STROKE)))
-    size = 2 * radius + 1  # the brightest pixel within a size x size square: rows, then columns
+    # The brightest pixel within a size x size square, as two 1-D passes (rows, then columns): PIL's
+    # MaxFilter gives the same but looks at all size**2 pixels, and on a large canvas the size is large.
+    size = 2 * radius + 1
     ink = sliding_window_view(np.pad(ink, radius), size, axis=0).max(axis=-1)
     return sliding_window_view(ink, size, axis=1).max(axis=-1)
 

@@ -11,8 +11,9 @@ from conftest import ROOT, run_cli
 
 def test_real_test_set_evaluates_identically_with_one_and_two_processes(real_mnist, tmp_path):
     torch.manual_seed(0)
+    # No training settings in the file: evaluation needs only the model and its config.
     save_checkpoint(tmp_path / "best.pt", AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]])),
-                    train_config={"sum_weight": 1.0, "label_smoothing": 0.0}, epoch=0, val_metrics={})
+                    train_config={}, epoch=0, val_metrics={})
     args = ["evaluate.py", "--ckpt", str(tmp_path / "best.pt"), "--data_dir", str(real_mnist), "--cpu", "--json"]
     one, two = (json.loads(run_cli(args, processes=n).stdout.strip().splitlines()[-1]) for n in (1, 2))
     assert one["pairs"] == two["pairs"] == 100_000
