@@ -35,7 +35,7 @@ from adder.checkpoint import atomic_write_text, load_model, save_checkpoint
 from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches
 from adder.ema import moving_average
-from adder.evaluation import evaluate
+from adder.evaluation import evaluate, one_addend_predictions
 from adder.hardware import place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
@@ -92,10 +92,6 @@ def console_log(path: Path, main_process: bool) -> logging.Logger:
 def fmt(metrics: dict) -> str:
     return (f"digit {metrics['digit_acc']:.2%}  sum {metrics['sum_acc']:.2%}  joint {metrics['joint_acc']:.2%}  "
             f"consistency {metrics['consistency']:.2%}  loss {metrics['loss']:.4f}")
-
-
-def duration(seconds: float) -> str:
-    return f"{seconds / 60:.0f}m{seconds % 60:02.0f}s" if seconds >= 60 else f"{seconds:.0f}s"
 
 
 @contextlib.contextmanager
@@ -172,12 +168,13 @@ def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerato
             atomic_write_text(test_metrics, json.dumps(
                 {"epoch": best_ckpt["epoch"], "parameters": count_parameters(best_model)} | report(test)
                 | {"tta": report(shifted)}, indent=2))
-        figures = run_figures(read_metrics(folder.metrics), best_model, test_set, test)
+        answers = one_addend_predictions(best_model, test_set)  # for the figure and the tracker's table
+        figures = run_figures(read_metrics(folder.metrics), answers, test_set, test)
         with saving(folder.logs, safe):
             save_figures(figures, folder.logs)
         log.info(f"figures: {', '.join(str(folder.logs / f'{name}.png') for name in figures)}")
-        tracking.log_test_results(global_step, test, shifted, checkpoint=folder.best, model=best_model,
-                                  test_set=test_set, figures=figures)
+        tracking.log_test_results(global_step, test, shifted, checkpoint=folder.best, saved=best_ckpt,
+                                  answers=answers, test_set=test_set, figures=figures)
 
 
 def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log: logging.Logger) -> None:
@@ -256,7 +253,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         epochs_done = epoch - start_epoch + 1
         eta = (time.perf_counter() - run_start) / epochs_done * (config.epochs - epoch)
         log.info(f"epoch {epoch:2d}/{config.epochs}  val: {fmt(val)}  ({train_seconds:.1f}s train, "
-                 f"{time.perf_counter() - epoch_start:.1f}s total, run ETA {duration(eta)})"
+                 f"{time.perf_counter() - epoch_start:.1f}s total, run ETA {tqdm.format_interval(eta)})"
                  f"{'  -> best.pt' if improved else ''}")
         accelerator.log({f"val/{k}": v for k, v in scalars(val).items()} | {"epoch": epoch}, step=global_step)
         safe = still_safe(best["epoch"], saved_epoch=epoch - 1)

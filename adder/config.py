@@ -8,6 +8,7 @@ adder.model.ModelConfig, which the model fields here read.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
@@ -53,9 +54,8 @@ def per_optimizer(name: str) -> str:
 
 def setting(default, help: str, **flag):
     """A field whose default and help text are also its command-line flag's; `flag` holds argparse options."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: [list(x) if isinstance(x, list) else x for x in default],
-                     metadata={"help": help, **flag})
+    if isinstance(default, list):  # a mutable default: each config gets its own copy
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help, **flag})
     return field(default=default, metadata={"help": help, **flag})
 
 

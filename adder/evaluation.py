@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import torch
 from torch import nn
@@ -51,12 +50,12 @@ def evaluate(model: nn.Module, data: DeviceMNIST, *, batch_size: int = 1000, ran
 
 
 @torch.no_grad()
-def one_addend_predictions(model, test_set: DeviceMNIST, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Each test image with one random addend, scored by `model`: CPU tensors by column name.
-
-    The probabilities are the model's softmax probabilities of the answers it gives.
-    """
-    model = copy.deepcopy(model).eval().to(test_set.device)  # where the images are; the caller's model stays as is
+def one_addend_predictions(model: nn.Module, test_set: DeviceMNIST, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Each test image with one random addend, scored by `model` (on the images' device): CPU tensors by
+    column name. The probabilities are the model's softmax probabilities of the answers it gives. The
+    model is left in the mode it was found in."""
+    was_training = model.training
+    model.eval()
     addends = torch.randint(0, NUM_ADDENDS, (len(test_set),), generator=torch.Generator().manual_seed(seed))
     digit_probs, sum_probs = [], []
     for index in torch.arange(len(test_set)).split(1000):
@@ -64,6 +63,7 @@ def one_addend_predictions(model, test_set: DeviceMNIST, seed: int = 0) -> dict[
         digit_logits, sum_logits = model(images, addends[index].to(test_set.device))
         digit_probs.append(digit_logits.float().softmax(-1).cpu())
         sum_probs.append(sum_logits.float().softmax(-1).cpu())
+    model.train(was_training)
     digit_probability, predicted_digit = torch.cat(digit_probs).max(-1)
     sum_probability, predicted_sum = torch.cat(sum_probs).max(-1)
     digits = test_set.labels.cpu()

@@ -52,9 +52,9 @@ def curves_figure(epochs: list[dict]) -> plt.Figure:
     return fig
 
 
-def predictions_figure(model, test_set: DeviceMNIST, count: int = 32, seed: int = 0) -> plt.Figure:
-    """Test images with a random addend each: the mistakes first (marked red), then right answers."""
-    answers = one_addend_predictions(model, test_set, seed)
+def predictions_figure(answers: dict[str, torch.Tensor], test_set: DeviceMNIST, count: int = 32) -> plt.Figure:
+    """Test images with a random addend each (`answers`: one_addend_predictions), the mistakes first
+    (marked red), then right answers."""
     digits, addends, sums = answers["digit"], answers["addend"], answers["sum"]
     digit_pred, sum_pred = answers["predicted digit"], answers["predicted sum"]
     wrong = (digit_pred != digits) | (sum_pred != sums)
@@ -90,13 +90,13 @@ def confusion_figure(digit_confusion: torch.Tensor, sum_confusion: torch.Tensor)
     return fig
 
 
-def run_figures(epochs: list[dict], model, test_set: DeviceMNIST, test_results: dict) -> dict[str, plt.Figure]:
-    """The figures of a finished run, by file name stem; train.py also sends them to the tracker."""
-    model = model.cpu().eval()
-    test_set = DeviceMNIST(test_set.images.cpu(), test_set.labels.cpu())
+def run_figures(epochs: list[dict], answers: dict[str, torch.Tensor], test_set: DeviceMNIST,
+                test_results: dict) -> dict[str, plt.Figure]:
+    """The figures of a finished run, by file name stem; train.py also sends them to the tracker.
+    `answers` are the model's one_addend_predictions on `test_set`, `test_results` its evaluation."""
     return {
         "curves": curves_figure(epochs),
-        "test_predictions": predictions_figure(model, test_set),
+        "test_predictions": predictions_figure(answers, test_set),
         "confusion": confusion_figure(test_results["digit_confusion"], test_results["sum_confusion"]),
     }
 
@@ -134,7 +134,8 @@ def main(argv=None) -> int:
         test_set = DeviceMNIST(*load_mnist(args.data_dir, train=False))
     except (CheckpointError, DataError) as err:
         sys.exit(f"error: {err}")
-    figures = run_figures(read_metrics(metrics_file), model, test_set, evaluate(model, test_set))
+    figures = run_figures(read_metrics(metrics_file), one_addend_predictions(model, test_set), test_set,
+                          evaluate(model, test_set))
     save_figures(figures, out)
     print(f"wrote {', '.join(f'{name}.png' for name in figures)} to {out}")
     return 0

@@ -26,9 +26,7 @@ from pathlib import Path
 import accelerate
 import torch
 
-from adder.checkpoint import read_checkpoint
 from adder.data import DeviceMNIST
-from adder.evaluation import one_addend_predictions
 from adder.metrics import scalars
 from adder.model import NUM_DIGITS
 
@@ -157,22 +155,21 @@ class Tracking:
         run.define_metric("val/joint_acc", summary="max")
         return cls(run, log_model)
 
-    def log_test_results(self, step: int, test: dict, shifted: dict, *, checkpoint: Path, model,
-                         test_set: DeviceMNIST, figures: dict) -> None:
-        """The end of a run: the test results of `model` (best.pt, read from `checkpoint`) plain and averaged
-        over shifts, its predictions and confusion chart on `test_set`, the run's figures, best.pt itself."""
+    def log_test_results(self, step: int, test: dict, shifted: dict, *, checkpoint: Path, saved: dict,
+                         answers: dict[str, torch.Tensor], test_set: DeviceMNIST, figures: dict) -> None:
+        """The end of a run: the test results of best.pt (at `checkpoint`, whose contents are `saved`), plain
+        and averaged over shifts; its one-addend `answers` on `test_set` as a table and a confusion chart;
+        the run's figures; best.pt itself."""
         if self.run is None:
             return
         import wandb
 
         from adder.plots import figure_to_array
 
-        saved = read_checkpoint(checkpoint)
-        predictions = one_addend_predictions(model, test_set)
         results = ({f"test/{name}": value for name, value in scalars(test).items()}
                    | {f"test_tta/{name}": value for name, value in scalars(shifted).items()})
-        media = {"test/predictions": predictions_table(predictions, test_set),
-                 "test/digit_confusion": digit_confusion_chart(predictions)}
+        media = {"test/predictions": predictions_table(answers, test_set),
+                 "test/digit_confusion": digit_confusion_chart(answers)}
         images = {f"figures/{name}": wandb.Image(figure_to_array(figure)) for name, figure in figures.items()}
         self.run.log(results | media | images, step=step)
         self.run.summary.update({"best_val/epoch": saved["epoch"]}
