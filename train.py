@@ -43,7 +43,8 @@ from adder.model import AdderNet, ShiftAveraged, count_parameters
 from adder.optim import build_optimizer
 from adder.plots import read_metrics, run_figures, save_figures
 from adder.tracking import Tracking
-from adder.training_state import ResumeError, load_training_state, resolve_state, save_training_state
+from adder.training_state import (ResumeError, is_compiled, load_training_state, resolve_state,
+                                  save_training_state)
 
 
 class RunFailed(Exception):
@@ -195,7 +196,9 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
                                                     total_steps=config.epochs * steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    raw_model = accelerator.unwrap_model(model)
+    # The module itself, without DDP's wrapper or torch.compile's (accelerate launch --dynamo_backend ...):
+    # its state_dict has the names best.pt needs, and evaluation runs it as it is.
+    raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     # The model that is validated, saved and tested: the weights themselves, or with --ema_decay a moving
     # average of them (and of BatchNorm's statistics) over the last ~1/(1-decay) steps. The average is only
     # built when asked for: its update waits for the device once a step (see adder/ema.py).
@@ -305,6 +308,9 @@ def main(argv=None) -> int:
     device = accelerator.device
     log.info(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
              f"{accelerator.num_processes} process(es), mixed precision: {accelerator.mixed_precision}")
+    if is_compiled(accelerator):
+        dynamo = accelerator.state.dynamo_plugin
+        log.info(f"torch.compile: backend {dynamo.backend.value.lower()}, mode {dynamo.mode}")
     if placement.note:
         log.info(placement.note)
     if placement.warning:

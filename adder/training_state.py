@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import DynamoBackend
 
 from adder.config import TrainConfig
 
@@ -29,6 +30,12 @@ PROGRESS_FILE = "progress.json"
 MUST_MATCH = ("epochs", "batch_size", "widths", "sum_head", "sum_hidden", "optimizer", "lr", "weight_decay",
               "sum_weight", "label_smoothing", "ema_decay", "seed", "val_size", "no_augment", "rotate", "shift",
               "zoom")
+
+
+def is_compiled(accelerator: Accelerator) -> bool:
+    """Whether the model is run through torch.compile (accelerate launch --dynamo_backend ...): its saved
+    weights then carry torch.compile's prefix, so such a state resumes only compiled, and the other kind only not."""
+    return accelerator.state.dynamo_plugin.backend != DynamoBackend.NO
 
 
 class ResumeError(RuntimeError):
@@ -67,6 +74,7 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
     accelerator.wait_for_everyone()
     if names_it:
         progress = {"epoch": epoch, "global_step": global_step, "best": best, "processes": accelerator.num_processes,
+                    "compiled": is_compiled(accelerator),
                     "settings": {name: getattr(config, name) for name in MUST_MATCH}}
         (partial / PROGRESS_FILE).write_text(json.dumps(progress))
         if final.exists():
@@ -92,7 +100,7 @@ def resolve_state(resume_from: str, checkpoints_dir: Path) -> Path:
     return path
 
 
-def check_settings(progress: dict, config: TrainConfig, processes: int) -> None:
+def check_settings(progress: dict, config: TrainConfig, processes: int, compiled: bool = False) -> None:
     """Refuse to resume with a setting that differs from the saved run's, naming the first one that does."""
     saved = progress.get("settings", {}) | {"processes": progress.get("processes")}
     now = {name: getattr(config, name) for name in MUST_MATCH} | {"processes": processes}
@@ -101,12 +109,17 @@ def check_settings(progress: dict, config: TrainConfig, processes: int) -> None:
             flag = "the number of processes" if name == "processes" else f"--{name}"
             raise ResumeError(f"cannot resume: the saved run used {flag} {saved.get(name)}, this command "
                               f"{value}. Resume with the same setting, or start a new run with --output_dir NEW_DIR.")
+    if progress.get("compiled", False) != compiled:
+        how = {True: "compiled the model (--dynamo_backend)", False: "did not compile the model"}
+        raise ResumeError(f"cannot resume: the saved run {how[progress.get('compiled', False)]}, this command "
+                          f"{'does' if compiled else 'does not'}; the saved weights' names differ. Resume with the "
+                          f"same accelerate launch settings, or start a new run with --output_dir NEW_DIR.")
 
 
 def load_training_state(accelerator: Accelerator, state_dir: Path, config: TrainConfig, processes: int) -> dict:
     """Check the settings, then restore model, optimizer, scheduler and RNGs; returns the saved progress
     ({'epoch', 'global_step', 'best', ...})."""
     progress = json.loads((state_dir / PROGRESS_FILE).read_text())
-    check_settings(progress, config, processes)
+    check_settings(progress, config, processes, is_compiled(accelerator))
     accelerator.load_state(str(state_dir))
     return progress

@@ -2,13 +2,14 @@
 # The GPU check in one go, on one CUDA GPU: README's one-GPU command
 # (accelerate launch --config_file accelerate_config.yaml train.py) with seeds 42 (the record behind
 # training_logs/), 1 and 2, each checked by evaluate.py; the throughput benchmark; the CUDA tests; and, if time
-# is left, evaluate.py sharded over two processes on the one GPU against one process.
+# is left, evaluate.py sharded over two processes on the one GPU against one process, a profile of the
+# training step, and the step through torch.compile (with and without CUDA graphs) against eager.
 #
 #   bash benchmarks/gpu_check.sh DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]
 #
 # DATA_DIR holds MNIST/raw/ (the *-ubyte.gz archives); it is only read. The check installs nothing and tracks
 # nothing (--report_to none): python3 with torch, torchvision, accelerate, torchmetrics, matplotlib, pytest
-# and tqdm is all it needs. OUT_DIR (new or empty) receives seven files, each well under 16 MB:
+# and tqdm is all it needs. OUT_DIR (new or empty) receives eight files, each well under 16 MB:
 #   gpu.txt             the card, as nvidia-smi names it
 #   cuda_tests.txt      pytest tests/test_cuda.py
 #   benchmark_gpu.json  benchmarks/throughput.py: the classic DataLoader pipeline against the project's, fp32
@@ -18,13 +19,17 @@
 #   seeds.json          per seed: test accuracies, best epoch, wall seconds from launch to exit, steady epoch
 #                       seconds, the card, whether evaluate.py reproduced the test report; mean and std
 #   two_processes.json  evaluate.py over two processes sharing the GPU against one process
-#   check.log           everything the steps printed, each step stamped with the time
+#   benchmark_compile.json  benchmarks/throughput.py: bf16 eager against torch.compile, without and with CUDA
+#                       graphs (mode reduce-overhead), same run, same card
+#   check.log           everything the steps printed, each step stamped with the time; the profile of the
+#                       training step (benchmarks/profile_step.py) is only there
 # The check keeps within --budget seconds (default 480): each step is cut off at its own budget or at the
 # deadline, and a step for which less than half its budget is left is skipped with a note; the others still
 # run. The exit status is 0 when no step failed or timed out.
 #
 # --smoke: the same steps and files on the CPU (CUDA hidden), to know the script works before GPU time is
-# spent on it: 2 epochs of a tiny model, seeds 42 and 1, the benchmark at the same size. On tiny data it takes
+# spent on it: 2 epochs of a tiny model, seeds 42 and 1, the benchmarks at the same size, torch.compile's
+# "eager" backend (the compiled pipelines' plumbing without their code generation). On tiny data it takes
 # a minute or two; tests/test_gpu_check.py runs it on tiny synthetic MNIST, as this does:
 #   python3 -c 'import sys; sys.path.insert(0, "tests"); import conftest; conftest.make_mnist_dir(
 #       conftest.Path("/tmp/tiny"), n_train=600, n_test=51)'
@@ -56,14 +61,18 @@ cd "$(dirname "$0")/.."
 # comes first. The reserve covers a step's grace period after being cut off, the summary and the tar.
 seeds=(42 1 2)
 gpu_budget=20 train_budget=150 evaluate_budget=45 benchmark_budget=120 cuda_tests_budget=90 two_processes_budget=60
+profile_budget=60 compile_budget=240
 reserve=30
 deadline=$(( budget - reserve ))
 device=cuda size_flags=()  # train.py's settings, for the training runs and the benchmark; none: its defaults
+profile_flags=() compile_backend=inductor
 if $smoke; then
     export CUDA_VISIBLE_DEVICES=""
     seeds=(42 1)
     device=cpu
     size_flags=(--epochs 2 --val_size 100 --batch_size 100 --widths 4,4 8,8 8 --sum_hidden 16)
+    profile_flags=(--steps 2)  # an epoch of the tiny data is 5 steps
+    compile_backend=eager
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || exit 1
@@ -158,6 +167,13 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 run_step two_processes "$two_processes_budget" python3 -m accelerate.commands.launch --multi_gpu \
     --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no --main_process_port "$port" \
     "${share_gpu[@]}" evaluate.py --ckpt "$work/runs/seed_${seeds[0]}/best.pt" --data_dir "$work/data" --json
+
+# Where a step's time goes, then what torch.compile makes of it: the leads for making the default faster.
+run_step profile "$profile_budget" python3 benchmarks/profile_step.py --data_dir "$work/data" "${profile_flags[@]}" \
+    "${size_flags[@]}"
+run_step benchmark_compile "$compile_budget" python3 benchmarks/throughput.py --device "$device" \
+    --data_dir "$work/data" --pipelines bf16 bf16+compile bf16+cudagraphs --compile_backend "$compile_backend" \
+    --json "$out/benchmark_compile.json" "${size_flags[@]}"
 
 record=$work/runs/seed_${seeds[0]}
 members=()

@@ -8,8 +8,8 @@ runs/seed_S/ (each training run). Writes to OUT_DIR:
                         wall seconds from launch to exit, the steady epoch seconds, the card, and whether
                         evaluate.py reproduced the test report's counts exactly; mean and std over the seeds
     two_processes.json  evaluate.py over two processes sharing the GPU against one process: the counts of each
-and benchmark_gpu.json with the benchmark step's outcome when the benchmark wrote none. Prints each step's
-outcome.
+and benchmark_gpu.json and benchmark_compile.json with their step's outcome where the benchmark wrote none.
+Prints each step's outcome.
 """
 
 from __future__ import annotations
@@ -117,8 +117,9 @@ def main() -> int:
         "identical": one == two if one and two else None,
     }, indent=2))
 
-    if not (out / "benchmark_gpu.json").exists():
-        (out / "benchmark_gpu.json").write_text(json.dumps({"outcome": step(work, "benchmark")["outcome"]}))
+    for name, table in (("benchmark", "benchmark_gpu.json"), ("benchmark_compile", "benchmark_compile.json")):
+        if not (out / table).exists():
+            (out / table).write_text(json.dumps({"outcome": step(work, name)["outcome"]}))
 
     print("steps:")
     for path in sorted((work / "steps").glob("*.json"), key=lambda p: p.stat().st_mtime):

@@ -3,16 +3,25 @@
     python benchmarks/throughput.py --device cuda --data_dir data
     python benchmarks/throughput.py --device cpu --data_dir data
     python benchmarks/throughput.py --device cpu --epochs 2 --widths 4,4 8,8 8   # a smaller model in both
+    python benchmarks/throughput.py --device cuda --data_dir data --pipelines bf16 bf16+compile bf16+cudagraphs
 
-Any further flag is train.py's (adder/config.py's TrainConfig); without any, both pipelines use its defaults.
+Any further flag is train.py's (adder/config.py's TrainConfig); without any, every pipeline uses its defaults.
 
-(a) classic: torchvision MNIST, per-sample ToTensor + Normalize, a random addend per sample, DataLoader with
-    batch 128 and 4 workers, fp32; a plain training loop.
-(b) project: train.py itself (its real loop, via train.main), by default: the split held on the device,
-    batch 512, on-device augmentation, channels_last; once in fp32 and once with bf16 autocast (the shipped
-    accelerate config's setting).
-Both run in this one process on the same device. Seconds per epoch are for the training pass only
-(train.py's validation is excluded); images/s normalise the different epoch sizes (60,000 vs 55,000 images).
+--pipelines (default: classic fp32 bf16), each run in turn in this one process on the same device:
+    classic          torchvision MNIST, per-sample ToTensor + Normalize, a random addend per sample, DataLoader
+                     with batch 128 and 4 workers, fp32; a plain training loop
+    fp32, bf16       train.py itself (its real loop, via train.main): the split held on the device, batch 512,
+                     on-device augmentation, channels_last; without autocast, and with bf16 autocast (the
+                     shipped accelerate config's setting)
+    bf16+compile     bf16, the model through torch.compile, as `accelerate launch --dynamo_backend inductor`
+    bf16+cudagraphs  the same in torch.compile's "reduce-overhead" mode (CUDA graphs; as --dynamo_mode
+                     reduce-overhead), which replays each step's kernels without launching them one by one
+The first pipeline listed is the one the others are compared with. --compile_backend eager traces the model
+without generating code, to try the compiled pipelines' plumbing in seconds.
+Seconds per epoch are for the training pass only (train.py's validation is excluded); the first epoch pays
+for start-up and compilation, the others are the steady pace; images/s normalise the different epoch sizes
+(60,000 vs 55,000 images). With --json, the table is rewritten after each pipeline, so a run cut short keeps
+what it measured; a pipeline that fails is recorded with its error and the rest still run.
 This is a benchmark, not a test: nothing here asserts a speed.
 """
 
@@ -20,11 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
+from unittest import mock
 
 import torch
 from accelerate.state import AcceleratorState
@@ -35,7 +47,7 @@ from torchvision.datasets import MNIST
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
 from adder.config import TrainConfig, parse_config  # noqa: E402
-from adder.data import MNIST_MEAN, MNIST_STD  # noqa: E402
+from adder.data import MNIST_MEAN, MNIST_STD, load_mnist  # noqa: E402
 from adder.loss import AdderLoss  # noqa: E402
 from adder.model import AdderNet, ModelConfig  # noqa: E402
 
@@ -84,17 +96,24 @@ def classic_epochs(data_dir: str, model_config: ModelConfig, device: torch.devic
     return seconds, len(dataset)
 
 
-def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.device, precision: str, images: int):
-    """train.py's seconds per training pass, and the images each pass sees (the held-out ones excluded)."""
-    with tempfile.TemporaryDirectory() as out:
+def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.device, precision: str,
+                   compile_mode: str | None = None, compile_backend: str = "inductor") -> tuple[list[float], int]:
+    """train.py's seconds per training pass, and the images each pass sees (the held-out ones excluded).
+    With compile_mode, the model goes through torch.compile the way accelerate's launcher asks for it."""
+    dynamo = {"ACCELERATE_DYNAMO_BACKEND": compile_backend.upper(), "ACCELERATE_DYNAMO_MODE": compile_mode} \
+        if compile_mode else {"ACCELERATE_DYNAMO_BACKEND": "NO"}
+    with tempfile.TemporaryDirectory() as out, mock.patch.dict(os.environ, dynamo):
         argv = [*train_flags, "--data_dir", config.data_dir, "--output_dir", out, "--epochs", str(config.epochs),
                 "--report_to", "none", "--mixed_precision", precision] + (["--cpu"] if device.type == "cpu" else [])
-        if train.main(argv) != 0:
-            sys.exit("error: train.py failed")
-        # Accelerate keeps its state per process; forget it so that the next run may use another precision.
-        AcceleratorState._reset_state(reset_partial_state=True)
+        try:
+            if train.main(argv) != 0:
+                raise RuntimeError("train.py failed (its error is above)")
+        finally:
+            # Accelerate keeps its state per process, torch.compile its caches: forget both before the next run.
+            AcceleratorState._reset_state(reset_partial_state=True)
+            torch.compiler.reset()
         rows = [json.loads(line) for line in (Path(out) / "logs" / "metrics.jsonl").read_text().splitlines()]
-    return [row["train_seconds"] for row in rows], images - config.val_size
+    return [row["train_seconds"] for row in rows], len(load_mnist(config.data_dir, train=True)[1]) - config.val_size
 
 
 def summary(name: str, seconds: list[float], images: int) -> dict:
@@ -102,38 +121,67 @@ def summary(name: str, seconds: list[float], images: int) -> dict:
     return {"pipeline": name, "first_s": seconds[0], "steady_s": steady, "images_per_s": images / steady}
 
 
+# name: (what the table calls it, train.py's --mixed_precision, torch.compile mode); classic is its own loop.
+PIPELINES = {
+    "classic": ("classic DataLoader, fp32, batch 128", None, None),
+    "fp32": ("project (train.py), fp32", "no", None),
+    "bf16": ("project (train.py), bf16 autocast", "bf16", None),
+    "bf16+compile": ("project (train.py), bf16, torch.compile", "bf16", "default"),
+    "bf16+cudagraphs": ("project (train.py), bf16, torch.compile reduce-overhead", "bf16", "reduce-overhead"),
+}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data_dir", default=TrainConfig.data_dir)
     p.add_argument("--epochs", type=int, default=3, help="epochs per pipeline; the first counts as warm-up")
+    p.add_argument("--pipelines", nargs="+", choices=list(PIPELINES), default=["classic", "fp32", "bf16"],
+                   help="what to run, in this order; the first is the baseline")
+    p.add_argument("--compile_backend", choices=["inductor", "eager"], default="inductor",
+                   help="torch.compile's backend for the compiled pipelines")
     p.add_argument("--json", type=Path, help="also write the table as JSON here")
     args, train_flags = p.parse_known_args()
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (one warm-up, one steady)")
-    # train.py's own parser checks the flags meant for it, and gives the settings both pipelines share.
+    # train.py's own parser checks the flags meant for it, and gives the settings the pipelines share.
     config = parse_config([*train_flags, "--data_dir", args.data_dir, "--epochs", str(args.epochs)])
     device = torch.device(args.device)
-    classic_seconds, images = classic_epochs(config.data_dir, config.model_config, device, config.epochs)
-    classic = summary("classic DataLoader, fp32, batch 128", classic_seconds, images)
-    project_fp32 = summary("project (train.py), fp32",
-                           *project_epochs(train_flags, config, device, "no", images))
-    project = summary("project (train.py), bf16 autocast",
-                      *project_epochs(train_flags, config, device, "bf16", images))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+
+    rows = []
+    for pipeline in args.pipelines:
+        label, precision, compile_mode = PIPELINES[pipeline]
+        try:
+            if pipeline == "classic":
+                rows.append(summary(label, *classic_epochs(config.data_dir, config.model_config, device, config.epochs)))
+            else:
+                rows.append(summary(label, *project_epochs(train_flags, config, device, precision, compile_mode,
+                                                           args.compile_backend)))
+        except Exception as err:  # noqa: BLE001 - a benchmark records what failed and measures the rest
+            traceback.print_exc()
+            rows.append({"pipeline": label, "error": f"{type(err).__name__}: {err}".splitlines()[0][:500]})
+        measured = [row for row in rows if "error" not in row]
+        baseline = measured[0] if measured and measured[0] is rows[0] else None
+        ratios = {row["pipeline"]: row["images_per_s"] / baseline["images_per_s"]
+                  for row in measured[1:]} if baseline else {}
+        if args.json:
+            args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "epochs": config.epochs,
+                                             "train_flags": train_flags, "compile_backend": args.compile_backend,
+                                             "rows": rows, "baseline": rows[0]["pipeline"], "ratios": ratios},
+                                            indent=2))
+
     print(f"\ndevice: {name}, torch {torch.__version__}, {config.epochs} epochs each\n")
     print("| pipeline | first epoch s | steady epoch s | images/s |")
     print("|---|---|---|---|")
-    for row in (classic, project_fp32, project):
-        print(f"| {row['pipeline']} | {row['first_s']:.2f} | {row['steady_s']:.2f} | {row['images_per_s']:,.0f} |")
-    ratios = {row["pipeline"]: row["images_per_s"] / classic["images_per_s"] for row in (project_fp32, project)}
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['pipeline']} | failed: {row['error']} | | |")
+        else:
+            print(f"| {row['pipeline']} | {row['first_s']:.2f} | {row['steady_s']:.2f} | {row['images_per_s']:,.0f} |")
     for pipeline, ratio in ratios.items():
-        print(f"{pipeline} / classic throughput: {ratio:.2f}x")
-    if args.json:
-        args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "epochs": config.epochs,
-                                         "train_flags": train_flags, "rows": [classic, project_fp32, project],
-                                         "ratios": ratios}, indent=2))
-    return 0
+        print(f"{pipeline} / {rows[0]['pipeline']} throughput: {ratio:.2f}x")
+    return 1 if any("error" in row for row in rows) else 0
 
 
 if __name__ == "__main__":

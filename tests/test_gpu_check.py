@@ -11,11 +11,11 @@ import pytest
 from conftest import ROOT
 
 OUTPUTS = {"gpu.txt", "cuda_tests.txt", "benchmark_gpu.json", "record.tar", "seeds.json", "two_processes.json",
-           "check.log"}
+           "benchmark_compile.json", "check.log"}
 RECORD = {"best.pt", "logs/console.log", "logs/metrics.jsonl", "logs/test_metrics.json", "logs/curves.png",
           "logs/confusion.png", "logs/test_predictions.png"}
 STEPS = ["train_seed_42", "evaluate_seed_42", "train_seed_1", "evaluate_seed_1", "benchmark", "cuda_tests",
-         "two_processes"]
+         "two_processes", "profile", "benchmark_compile"]
 
 
 def gpu_check(data, out, *flags, timeout=600):
@@ -47,7 +47,13 @@ def test_the_dry_run_writes_every_output_within_the_limits(smoke):
     assert "3 skipped" in (smoke / "cuda_tests.txt").read_text()  # tests/test_cuda.py ran, and needs CUDA
     benchmark = json.loads((smoke / "benchmark_gpu.json").read_text())
     assert len(benchmark["rows"]) == 3 and benchmark["device"].startswith("CPU")
+    compiled = json.loads((smoke / "benchmark_compile.json").read_text())
+    assert [row["pipeline"] for row in compiled["rows"]] == [
+        "project (train.py), bf16 autocast", "project (train.py), bf16, torch.compile",
+        "project (train.py), bf16, torch.compile reduce-overhead"]
+    assert all(row["steady_s"] > 0 for row in compiled["rows"]) and len(compiled["ratios"]) == 2
     log = (smoke / "check.log").read_text()
+    assert "profile: CPU" in log and "per step: wall" in log  # the profile's table is only in the log
     for step in STEPS:  # each step is stamped with the time and says how it ended
         assert re.search(rf"^\[\d\d:\d\d:\d\d \+\d+s\] {step}: ok, [\d.]+ s$", log, re.MULTILINE), step
 

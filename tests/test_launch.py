@@ -11,13 +11,14 @@ import sys
 import pytest
 import torch
 
+from adder.checkpoint import load_model
 from adder.config import TrainConfig
 from adder.data import DeviceMNIST
 from adder.evaluation import evaluate
 from adder.hardware import choose_placement, cpu_has_native_bf16
 from adder.model import AdderNet, ModelConfig
 from adder.training_state import PROGRESS_FILE, ResumeError, check_settings, resolve_state
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, run_cli
 from test_train_e2e import FAST, NO_GPU, train
 
 
@@ -83,12 +84,31 @@ def test_every_setting_that_shapes_the_state_must_match(trained_run, change, nam
     check_settings(progress, dataclasses.replace(saved, log_every=1, keep_states=5, report_to="none"), 1)
     with pytest.raises(ResumeError, match=re.escape(f"the saved run used {named}")):
         check_settings(progress, dataclasses.replace(saved, **change), processes=1)
+    with pytest.raises(ResumeError, match=re.escape("the saved run did not compile the model, this command does")):
+        check_settings(progress, saved, processes=1, compiled=True)
 
 
 def test_resume_refuses_another_number_of_processes(trained_run, tiny_mnist):
     result = train(tiny_mnist, trained_run, "--epochs", "2", "--resume_from_checkpoint", "latest", processes=2,
                    check=False)
     assert result.returncode != 0 and "the saved run used the number of processes 1, this command 2" in result.stderr
+
+
+def test_a_compiled_run_writes_a_plain_best_pt_and_resumes_only_compiled(tiny_mnist, tmp_path):
+    # torch.compile through accelerate's launcher; the "eager" backend traces the model as inductor would,
+    # without the minute of code generation.
+    compiled = ["-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "eager", "train.py", "--data_dir", str(tiny_mnist),
+                "--output_dir", str(tmp_path), *FAST, "--epochs", "1"]
+    run_cli(compiled)
+    model, ckpt = load_model(tmp_path / "best.pt")  # the module's own names, as evaluate.py needs them
+    assert ckpt["epoch"] == 1
+    assert json.loads((tmp_path / "logs" / "test_metrics.json").read_text())["pairs"] == 510
+    plain = train(tiny_mnist, tmp_path, "--epochs", "1", "--resume_from_checkpoint", "latest", check=False)
+    assert plain.returncode != 0 and "Traceback" not in plain.stderr
+    assert "cannot resume: the saved run compiled the model (--dynamo_backend), this command does not" in plain.stderr
+    progress = json.loads((resolve_state("latest", tmp_path / "checkpoints") / PROGRESS_FILE).read_text())
+    check_settings(progress, TrainConfig(**progress["settings"]), processes=1, compiled=True)  # compiled resumes
 
 
 def test_a_full_disk_ends_the_run_with_one_line_and_a_resumable_state(tiny_mnist, tmp_path):

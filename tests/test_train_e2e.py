@@ -7,7 +7,9 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
+from adder.config import parse_config
 from conftest import TINY_MODEL, run_cli
 
 FAST = ["--val_size", "100", "--batch_size", "32", "--log_every", "5", "--report_to", "none", *TINY_MODEL,
@@ -111,6 +113,13 @@ def test_evaluate_prints_the_results_table(two_process_run, tiny_mnist):
     assert max(len(line) for line in table.splitlines()[1:]) <= 80  # the first line holds the user's path
 
 
+def test_plots_module_redraws_the_figures_of_a_run(two_process_run, tiny_mnist, tmp_path):
+    out, _ = two_process_run
+    run_cli(["-m", "adder.plots", str(out), "--data_dir", str(tiny_mnist), "--out", str(tmp_path)])
+    for name in ("curves.png", "test_predictions.png", "confusion.png"):
+        assert Image.open(tmp_path / name).size[0] > 500
+
+
 def test_a_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
     # The default recipe, SGD (its momentum is part of the saved state) with label smoothing, without the
     # EMA; the 2-process resume below has the EMA on.
@@ -176,7 +185,6 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--epochs", "0"], "--epochs: must be a positive integer"),
     (["--batch_size", "-4"], "--batch_size: must be a positive integer"),
     (["--mixed_precision", "fp12"], "--mixed_precision: invalid choice"),
     (["--sum_head", "magic"], "--sum_head: invalid choice"),
@@ -187,6 +195,19 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist
     (["--lr", "inf"], "--lr: must be a finite number >= 0"),
     (["--ema_decay", "1"], "--ema_decay: must be in [0, 1)"),
     (["--label_smoothing", "1"], "--label_smoothing: must be in [0, 1)"),
+])
+def test_bad_flags_are_refused_by_the_parser_with_one_line(capsys, args, message):
+    # train.py's own parser, in this process: the CLI cases below show what the user sees of it.
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(args)
+    assert exit_.value.code == 2
+    usage_and_error = capsys.readouterr().err.strip().splitlines()
+    assert usage_and_error[0].startswith("usage: ") and ": error: argument " in usage_and_error[-1]
+    assert message in usage_and_error[-1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "--epochs: must be a positive integer"),
     (["--resume_from_checkpoint", "latest"], "no saved training state"),
     (["--resume_from_checkpoint", "no/such/folder"], "not a complete training state folder"),
     (["--output_dir", "/dev/null/run"], "cannot create /dev/null/run/logs"),

@@ -1,0 +1,93 @@
+"""Where a training step's time goes: torch.profiler over train.py's own loop.
+
+    python benchmarks/profile_step.py --data_dir data                  # the default training, GPU if there is one
+    python benchmarks/profile_step.py --data_dir data --steps 50 --batch_size 1024   # any train.py flag
+
+Runs train.py (train.main, tracking off) and profiles `--steps` optimiser steps of its second epoch, after a
+whole epoch of warm-up (cuDNN's algorithm search, torch.compile's compilation, the allocator's first
+requests). Prints, per step: wall time, the time the GPU spent in kernels, the gap between the two (time
+the GPU waited for the host: launches, Python, synchronisations), kernel launches and host synchronisations;
+then the operations that took the most time. On the CPU only the operation table means much.
+
+Times under the profiler include its own overhead: benchmarks/throughput.py gives the epoch times to quote.
+This is a measurement, not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.profiler import ProfilerActivity, profile, schedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import train  # noqa: E402
+from adder.config import parse_config  # noqa: E402
+from adder.data import load_mnist  # noqa: E402
+
+# Host calls that wait for the GPU; each one stalls the queue of launches.
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=30, help="optimiser steps to profile")
+    p.add_argument("--rows", type=int, default=15, help="operations to list")
+    args, train_flags = p.parse_known_args()
+    config = parse_config(train_flags)
+    cuda = torch.cuda.is_available() and not config.cpu
+
+    # One epoch of warm-up, then a few steps for the profiler's own; the profiled steps end before the
+    # second epoch's validation.
+    images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size
+    steps_per_epoch = math.ceil(images / config.batch_size)
+    warmup, epochs = 3, 2
+    if not 0 < args.steps <= steps_per_epoch - warmup:
+        p.error(f"--steps must be between 1 and {steps_per_epoch - warmup} (an epoch's steps less {warmup})")
+    marks = {}
+
+    def after_step(*_):
+        # Called by every optimiser step of the run (a global hook: train.py stays as it is).
+        prof.step()
+        marks.setdefault(prof.step_num, time.perf_counter())
+
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
+                 schedule=schedule(wait=steps_per_epoch, warmup=warmup, active=args.steps, repeat=1)) as prof:
+        hook = register_optimizer_step_post_hook(after_step)
+        with tempfile.TemporaryDirectory() as out:
+            status = train.main([*train_flags, "--output_dir", out, "--epochs", str(epochs), "--report_to", "none"])
+        hook.remove()
+    if status != 0:
+        sys.exit("error: train.py failed")
+
+    first, last = steps_per_epoch + warmup, steps_per_epoch + warmup + args.steps
+    wall_ms = (marks[last] - marks[first]) / args.steps * 1e3  # the queue of launches is never drained here
+    events = prof.key_averages()
+    device_events = [e for e in events if e.device_type == DeviceType.CUDA]
+    kernel_ms = sum(e.self_device_time_total for e in device_events) / 1e3 / args.steps
+    launches = sum(e.count for e in device_events) / args.steps
+    syncs = sum(e.count for e in events if e.key in SYNC_CALLS) / args.steps
+
+    device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\nprofile: {device}, torch {torch.__version__}, {args.steps} steps of epoch 2, "
+          f"flags: {' '.join(train_flags) or 'train.py defaults'}")
+    print(f"per step: wall {wall_ms:.2f} ms", end="")
+    if cuda:
+        print(f", GPU in kernels {kernel_ms:.2f} ms ({kernel_ms / wall_ms:.0%} busy), gap {wall_ms - kernel_ms:.2f} ms,"
+              f" {launches:.0f} kernel launches (memcpy and memset included), {syncs:.2f} host syncs")
+    else:
+        print(" (CPU: no device timeline; the table shows where the host time goes)")
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(events.table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=60))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
