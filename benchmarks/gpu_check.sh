@@ -155,7 +155,8 @@ done
 run_step benchmark "$benchmark_budget" python3 benchmarks/throughput.py --device "$device" \
     --data_dir "$work/data" --json "$out/benchmark_gpu.json" "${size_flags[@]}"
 
-run_step cuda_tests "$cuda_tests_budget" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+# -o addopts=: the GPU machine may lack pytest-xdist, which pyproject.toml's options ask for.
+run_step cuda_tests "$cuda_tests_budget" python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py
 keep_output cuda_tests cuda_tests.txt
 
 # The record's best.pt evaluated by two processes sharing the one GPU (benchmarks/share_gpu.py says what that

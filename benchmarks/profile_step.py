@@ -84,7 +84,7 @@ def main() -> int:
               f" {launches:.0f} kernel launches (memcpy and memset included), {syncs:.2f} host syncs")
     else:
         print(" (CPU: no device timeline; the table shows where the host time goes)")
-    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(events.table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=60))
     return 0
 
