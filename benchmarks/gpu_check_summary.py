@@ -4,9 +4,10 @@
 
 WORK_DIR holds steps/NAME.json (each step's outcome and seconds), steps/NAME.txt (what it printed) and
 runs/seed_S/ (each training run). Writes to OUT_DIR:
-    seeds.json          per seed (the first is the record): the test report's accuracies, the best epoch, the
-                        wall seconds from launch to exit, the steady epoch seconds, the card, and whether
-                        evaluate.py reproduced the test report's counts exactly; mean and std over the seeds
+    seeds.json          per seed (the first is the record): the test report's accuracies, the best epoch and its
+                        validation joint accuracy, the wall seconds from launch to exit, the steady epoch
+                        seconds, the card, and whether evaluate.py reproduced the test report's counts
+                        exactly; mean and std over the seeds
     two_processes.json  evaluate.py over two processes sharing the GPU against one process: the counts of each
 and benchmark_gpu.json and benchmark_compile.json with their step's outcome where the benchmark wrote none.
 Prints each step's outcome.
@@ -59,43 +60,53 @@ def device_line(console_log: Path) -> str | None:
     return next((line.removeprefix("device: ") for line in lines if line.startswith("device: ")), None)
 
 
-def seed_row(work: Path, seed: int) -> dict:
-    run = work / "runs" / f"seed_{seed}"
-    train, evaluation = step(work, f"train_seed_{seed}"), step(work, f"evaluate_seed_{seed}")
+def run_facts(run: Path) -> dict:
+    """What a finished train.py run folder says of itself: the best epoch and its validation joint accuracy
+    (what chose the model), the test report of that model, the pace of its epochs and the card it ran on."""
     report = read_json(run / "logs" / "test_metrics.json")
-    evaluated = printed_json(work, f"evaluate_seed_{seed}")
     epochs = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()] \
         if (run / "logs" / "metrics.jsonl").exists() else []
+    best = next((row for row in epochs if report and row["epoch"] == report["epoch"]), None)
     device = device_line(run / "logs" / "console.log")
     card = re.match(r"cuda\S* \((.+?)\),", device or "")
     return {
-        "seed": seed,
-        "outcome": train["outcome"],
-        "wall_s": train["seconds"],
         # The first epoch also pays for start-up (CUDA context, kernel selection): the steady pace is the rest.
         "steady_epoch_s": statistics.mean(row["train_seconds"] for row in epochs[1:]) if len(epochs) > 1 else None,
         "epochs": len(epochs),
         "best_epoch": report["epoch"] if report else None,
+        "val_joint_acc": best["val_joint_acc"] if best else None,
         "gpu": card.group(1) if card else None,
         "device": device,
         **{f"test_{name}": report[name] if report else None for name in ACCURACIES},
         "test_counts": counts(report),
+    }
+
+
+def seed_row(work: Path, seed: int) -> dict:
+    train, evaluation = step(work, f"train_seed_{seed}"), step(work, f"evaluate_seed_{seed}")
+    facts = run_facts(work / "runs" / f"seed_{seed}")
+    evaluated = printed_json(work, f"evaluate_seed_{seed}")
+    return {
+        "seed": seed,
+        "outcome": train["outcome"],
+        "wall_s": train["seconds"],
+        **facts,
         "evaluate_outcome": evaluation["outcome"],
         "evaluate_counts": counts(evaluated),
-        "evaluate_reproduced": counts(evaluated) == counts(report) if report and evaluated else None,
+        "evaluate_reproduced": counts(evaluated) == facts["test_counts"] if facts["test_counts"] and evaluated else None,
     }
 
 
 def spread(rows: list[dict]) -> dict:
-    """Mean and sample standard deviation of each test accuracy over the seeds that finished."""
+    """Mean and sample standard deviation over the seeds that finished: of each test accuracy, of the
+    validation joint accuracy that chose each model, and of the wall time."""
     done = [row for row in rows if row["test_joint_acc"] is not None]
     if not done:
         return {}
     summary = {"seeds": [row["seed"] for row in done]}
-    for name in ACCURACIES:
-        values = [row[f"test_{name}"] for row in done]
-        summary[f"test_{name}"] = {"mean": statistics.mean(values),
-                                   "std": statistics.stdev(values) if len(values) > 1 else None}
+    for name in [f"test_{name}" for name in ACCURACIES] + ["val_joint_acc", "wall_s"]:
+        values = [row[name] for row in done]
+        summary[name] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
     return summary
 
 

@@ -1,0 +1,83 @@
+"""Several seeds of one training command, each timed from launch to exit: the table a recipe is chosen by.
+
+    python benchmarks/seeds.py --seeds 42 1 2 --out runs/default --data_dir data
+    python benchmarks/seeds.py --seeds 1 2 3 4 5 --out runs/long --data_dir data -- --epochs 60 --rotate 15
+
+Each seed runs README's quick start, `accelerate launch --config_file accelerate_config.yaml train.py`, in
+its own process, with --seed S --output_dir OUT/seed_S --report_to none and the train.py flags after `--`.
+OUT/seeds.json then holds, per seed, the best epoch and its validation joint accuracy (the number that
+chose the model), that model's test accuracies, the wall seconds from launch to exit and the steady epoch
+seconds; over the seeds, the mean and sample standard deviation of each. Choose a recipe by its validation
+mean; its test mean is the confirmation (docs/experiments.md). A seed whose run fails is tabled as failed
+and the others still run; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check_summary import run_facts, spread  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True, help="a new folder: one run folder per seed, and seeds.json")
+    p.add_argument("--data_dir", default="data", help="folder holding MNIST/raw/")
+    p.add_argument("--config_file", default=str(ROOT / "accelerate_config.yaml"), help="accelerate's config")
+    args, train_flags = p.parse_known_args()
+    train_flags = [flag for flag in train_flags if flag != "--"]
+    if args.out.exists() and any(args.out.iterdir()):
+        p.error(f"{args.out} is not empty: the runs go into a new folder")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    for seed in args.seeds:
+        run = args.out / f"seed_{seed}"
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.config_file,
+                   str(ROOT / "train.py"), "--data_dir", args.data_dir, "--output_dir", str(run),
+                   "--report_to", "none", "--seed", str(seed), *train_flags]
+        start = time.perf_counter()
+        status = subprocess.run(command).returncode
+        row = {"seed": seed, "outcome": "ok" if status == 0 else f"failed (exit {status})",
+               "wall_s": round(time.perf_counter() - start, 3)} | run_facts(run)
+        rows.append(row)
+        print(f"seed {seed}: {row['outcome']}, {row['wall_s']:.1f} s, best epoch {row['best_epoch']}, "
+              f"val joint {percent(row['val_joint_acc'])}, test joint {percent(row['test_joint_acc'])}", flush=True)
+        table = {"command": f"accelerate launch --config_file {args.config_file} train.py --data_dir {args.data_dir} "
+                            f"--output_dir {args.out}/seed_S --report_to none --seed S {' '.join(train_flags)}".strip(),
+                 "train_flags": train_flags, "runs": rows,
+                 "over_seeds": spread([row for row in rows if row["outcome"] == "ok"])}
+        (args.out / "seeds.json").write_text(json.dumps(table, indent=2))  # after each seed: a cut run keeps them
+
+    print("\n| seed | best epoch | val joint | test digit | test sum | test joint | consistency | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        cells = [row["val_joint_acc"]] + [row[f"test_{name}"] for name in ("digit_acc", "sum_acc", "joint_acc",
+                                                                           "consistency")]
+        shown = " | ".join(percent(value) for value in cells)
+        print(f"| {row['seed']} | {row['best_epoch']} | {shown} | {row['wall_s']:.1f} |")
+    over = table["over_seeds"]
+    if over:
+        spread_of = {name: f"{over[name]['mean']:.2%}" + (f" ± {over[name]['std']:.2%}" if over[name]["std"] is not None
+                                                             else "") for name in ("val_joint_acc", "test_joint_acc")}
+        print(f"\nover seeds {over['seeds']}: val joint {spread_of['val_joint_acc']}, "
+              f"test joint {spread_of['test_joint_acc']}, wall {over['wall_s']['mean']:.1f} s")
+    print(f"table: {args.out / 'seeds.json'}")
+    return int(any(row["outcome"] != "ok" for row in rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""benchmarks/seeds.py: several seeds of the quick-start command, each tabled from its own run folder."""
+
+import json
+import statistics
+import subprocess
+import sys
+
+from conftest import ROOT, TINY_MODEL
+
+
+def test_each_seed_is_tabled_from_its_run_and_summarised(tiny_mnist, tmp_path):
+    out = tmp_path / "seeds"
+    result = subprocess.run([sys.executable, "benchmarks/seeds.py", "--seeds", "3", "4", "--out", str(out),
+                             "--data_dir", str(tiny_mnist), "--", "--epochs", "2", "--val_size", "100",
+                             "--batch_size", "100", *TINY_MODEL], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = json.loads((out / "seeds.json").read_text())
+    assert [row["seed"] for row in table["runs"]] == [3, 4]
+    for row in table["runs"]:
+        run = out / f"seed_{row['seed']}"
+        report = json.loads((run / "logs" / "test_metrics.json").read_text())
+        epochs = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+        assert row["outcome"] == "ok" and row["wall_s"] > 0 and row["epochs"] == 2
+        assert row["best_epoch"] == report["epoch"] and row["test_joint_acc"] == report["joint_acc"]
+        # The validation number is the one that chose best.pt: the best epoch's, the highest of the run.
+        assert row["val_joint_acc"] == max(epoch["val_joint_acc"] for epoch in epochs)
+        assert f"--seed {row['seed']}" in (run / "logs" / "console.log").read_text()
+    over = table["over_seeds"]
+    joint = [row["test_joint_acc"] for row in table["runs"]]
+    assert over["test_joint_acc"] == {"mean": statistics.mean(joint), "std": statistics.stdev(joint)}
+    assert "over seeds [3, 4]: val joint" in result.stdout
+
+
+def test_a_folder_that_holds_runs_is_refused(tmp_path):
+    (tmp_path / "seed_1").mkdir()
+    result = subprocess.run([sys.executable, "benchmarks/seeds.py", "--seeds", "1", "--out", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "is not empty" in result.stderr.splitlines()[-1]
