@@ -169,9 +169,10 @@ run_step two_processes "$two_processes_budget" python3 -m accelerate.commands.la
     --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no --main_process_port "$port" \
     "${share_gpu[@]}" evaluate.py --ckpt "$work/runs/seed_${seeds[0]}/best.pt" --data_dir "$work/data" --json
 
-# Where a step's time goes, then what torch.compile makes of it: the leads for making the default faster.
-run_step profile "$profile_budget" python3 benchmarks/profile_step.py --data_dir "$work/data" "${profile_flags[@]}" \
-    "${size_flags[@]}"
+# Where a step's time goes (the default's step: bf16, as the shipped config), then what torch.compile makes
+# of it: the leads for making the default faster.
+run_step profile "$profile_budget" python3 benchmarks/profile_step.py --data_dir "$work/data" --mixed_precision bf16 \
+    "${profile_flags[@]}" "${size_flags[@]}"
 run_step benchmark_compile "$compile_budget" python3 benchmarks/throughput.py --device "$device" \
     --data_dir "$work/data" --pipelines bf16 bf16+compile bf16+cudagraphs --compile_backend "$compile_backend" \
     --json "$out/benchmark_compile.json" "${size_flags[@]}"

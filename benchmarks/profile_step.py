@@ -1,6 +1,7 @@
 """Where a training step's time goes: torch.profiler over train.py's own loop.
 
-    python benchmarks/profile_step.py --data_dir data                  # the default training, GPU if there is one
+    python benchmarks/profile_step.py --data_dir data --mixed_precision bf16   # the default's step, as the
+                                                                               # shipped config runs it
     python benchmarks/profile_step.py --data_dir data --steps 50 --batch_size 1024   # any train.py flag
 
 Runs train.py (train.main, tracking off) and profiles `--steps` optimiser steps of its second epoch, after a
