@@ -33,8 +33,9 @@ MUST_MATCH = ("epochs", "batch_size", "widths", "sum_head", "sum_hidden", "optim
 
 
 def is_compiled(accelerator: Accelerator) -> bool:
-    """Whether the model is run through torch.compile (accelerate launch --dynamo_backend ...): its saved
-    weights then carry torch.compile's prefix, so such a state resumes only compiled, and the other kind only not."""
+    """Whether the model is run through torch.compile (accelerate launch --dynamo_backend ...). Accelerate's
+    saved training state then names the weights with torch.compile's `_orig_mod.` prefix, so such a state
+    resumes only compiled (with any backend or mode), and an uncompiled one only uncompiled."""
     return accelerator.state.dynamo_plugin.backend != DynamoBackend.NO
 
 
@@ -100,7 +101,7 @@ def resolve_state(resume_from: str, checkpoints_dir: Path) -> Path:
     return path
 
 
-def check_settings(progress: dict, config: TrainConfig, processes: int, compiled: bool = False) -> None:
+def check_settings(progress: dict, config: TrainConfig, processes: int, *, compiled: bool) -> None:
     """Refuse to resume with a setting that differs from the saved run's, naming the first one that does."""
     saved = progress.get("settings", {}) | {"processes": progress.get("processes")}
     now = {name: getattr(config, name) for name in MUST_MATCH} | {"processes": processes}
@@ -109,9 +110,10 @@ def check_settings(progress: dict, config: TrainConfig, processes: int, compiled
             flag = "the number of processes" if name == "processes" else f"--{name}"
             raise ResumeError(f"cannot resume: the saved run used {flag} {saved.get(name)}, this command "
                               f"{value}. Resume with the same setting, or start a new run with --output_dir NEW_DIR.")
-    if progress.get("compiled", False) != compiled:
+    saved_compiled = progress.get("compiled", False)
+    if saved_compiled != compiled:
         how = {True: "compiled the model (--dynamo_backend)", False: "did not compile the model"}
-        raise ResumeError(f"cannot resume: the saved run {how[progress.get('compiled', False)]}, this command "
+        raise ResumeError(f"cannot resume: the saved run {how[saved_compiled]}, this command "
                           f"{'does' if compiled else 'does not'}; the saved weights' names differ. Resume with the "
                           f"same accelerate launch settings, or start a new run with --output_dir NEW_DIR.")
 
@@ -120,6 +122,6 @@ def load_training_state(accelerator: Accelerator, state_dir: Path, config: Train
     """Check the settings, then restore model, optimizer, scheduler and RNGs; returns the saved progress
     ({'epoch', 'global_step', 'best', ...})."""
     progress = json.loads((state_dir / PROGRESS_FILE).read_text())
-    check_settings(progress, config, processes, is_compiled(accelerator))
+    check_settings(progress, config, processes, compiled=is_compiled(accelerator))
     accelerator.load_state(str(state_dir))
     return progress

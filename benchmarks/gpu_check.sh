@@ -61,7 +61,7 @@ cd "$(dirname "$0")/.."
 # comes first. The reserve covers a step's grace period after being cut off, the summary and the tar.
 seeds=(42 1 2)
 gpu_budget=20 train_budget=150 evaluate_budget=45 benchmark_budget=120 cuda_tests_budget=90 two_processes_budget=60
-profile_budget=60 compile_budget=240
+profile_budget=60 compile_budget=200
 reserve=30
 deadline=$(( budget - reserve ))
 device=cuda size_flags=()  # train.py's settings, for the training runs and the benchmark; none: its defaults

@@ -4,11 +4,13 @@
                                                                                # shipped config runs it
     python benchmarks/profile_step.py --data_dir data --steps 50 --batch_size 1024   # any train.py flag
 
-Runs train.py (train.main, tracking off) and profiles `--steps` optimiser steps of its second epoch, after a
-whole epoch of warm-up (cuDNN's algorithm search, torch.compile's compilation, the allocator's first
-requests). Prints, per step: wall time, the time the GPU spent in kernels, the gap between the two (time
-the GPU waited for the host: launches, Python, synchronisations), kernel launches and host synchronisations;
-then the operations that took the most time. On the CPU only the operation table means much.
+Runs train.py (train.main, tracking off) and profiles `--steps` optimiser steps of its second epoch, after
+a whole epoch of warm-up (CUDA's lazy start, torch.compile's compilation, the allocator's first requests).
+Prints, per step: wall time, the time the GPU spent in kernels, the gap between the two (time the GPU
+waited for the host: launches, Python, synchronisations), kernel launches and host synchronisations; then
+the operations that took the most time. On the CPU only the operation table means much. The profiler steps
+from inside the optimiser's own profiling range, so CPU totals nest oddly at the window's ends; self
+times are unaffected.
 
 Times under the profiler include its own overhead: benchmarks/throughput.py gives the epoch times to quote.
 This is a measurement, not a test: nothing here asserts a speed.
@@ -17,7 +19,6 @@ This is a measurement, not a test: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -31,14 +32,15 @@ from torch.profiler import ProfilerActivity, profile, schedule
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
 from adder.config import parse_config  # noqa: E402
-from adder.data import load_mnist  # noqa: E402
+from adder.data import load_mnist, train_batches  # noqa: E402
 
 # Host calls that wait for the GPU; each one stalls the queue of launches.
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # train.py's flags pass through whole
     p.add_argument("--steps", type=int, default=30, help="optimiser steps to profile")
     p.add_argument("--rows", type=int, default=15, help="operations to list")
     args, train_flags = p.parse_known_args()
@@ -46,32 +48,43 @@ def main() -> int:
     cuda = torch.cuda.is_available() and not config.cpu
 
     # One epoch of warm-up, then a few steps for the profiler's own; the profiled steps end before the
-    # second epoch's validation.
+    # second epoch's validation. The epoch's steps are counted as train.py cuts them.
     images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size
-    steps_per_epoch = math.ceil(images / config.batch_size)
+    steps_per_epoch = len(train_batches(images, config.batch_size, config.seed, 0, rank=0, world_size=1))
     warmup, epochs = 3, 2
-    if not 0 < args.steps <= steps_per_epoch - warmup:
-        p.error(f"--steps must be between 1 and {steps_per_epoch - warmup} (an epoch's steps less {warmup})")
+    if steps_per_epoch <= warmup or not 0 < args.steps <= steps_per_epoch - warmup:
+        p.error(f"--steps must be between 1 and an epoch's steps ({steps_per_epoch}) less {warmup}")
+    first, last = steps_per_epoch + warmup, steps_per_epoch + warmup + args.steps  # optimiser steps done
     marks = {}
 
     def after_step(*_):
-        # Called by every optimiser step of the run (a global hook: train.py stays as it is).
+        # Called after every optimiser step of the run (a global hook: train.py stays as it is). The window's
+        # ends are timed with the device drained, before the profiler starts or stops its trace.
+        done = prof.step_num + 1
+        if done in (first, last):
+            if cuda:
+                torch.cuda.synchronize()
+            marks[done] = time.perf_counter()
         prof.step()
-        marks.setdefault(prof.step_num, time.perf_counter())
 
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
                  schedule=schedule(wait=steps_per_epoch, warmup=warmup, active=args.steps, repeat=1)) as prof:
         hook = register_optimizer_step_post_hook(after_step)
-        with tempfile.TemporaryDirectory() as out:
-            status = train.main([*train_flags, "--output_dir", out, "--epochs", str(epochs), "--report_to", "none"])
-        hook.remove()
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                status = train.main([*train_flags, "--output_dir", out, "--epochs", str(epochs),
+                                     "--report_to", "none"])
+        finally:
+            hook.remove()
     if status != 0:
         sys.exit("error: train.py failed")
 
-    first, last = steps_per_epoch + warmup, steps_per_epoch + warmup + args.steps
-    wall_ms = (marks[last] - marks[first]) / args.steps * 1e3  # the queue of launches is never drained here
+    wall_ms = (marks[last] - marks[first]) / args.steps * 1e3
     events = prof.key_averages()
-    device_events = [e for e in events if e.device_type == DeviceType.CUDA]
+    # Kernels, copies and fills; not the device-side copies of record_function ranges (ProfilerStep#N,
+    # Optimizer.step), which would count the kernels inside them a second time.
+    device_events = [e for e in events if e.device_type == DeviceType.CUDA
+                     and not getattr(e, "is_user_annotation", False)]
     kernel_ms = sum(e.self_device_time_total for e in device_events) / 1e3 / args.steps
     launches = sum(e.count for e in device_events) / args.steps
     syncs = sum(e.count for e in events if e.key in SYNC_CALLS) / args.steps

@@ -7,7 +7,7 @@ Each seed runs README's quick start, `accelerate launch --config_file accelerate
 its own process, with --seed S --output_dir OUT/seed_S --report_to none and the train.py flags after `--`.
 OUT/seeds.json then holds, per seed, the best epoch and its validation joint accuracy (the number that
 chose the model), that model's test accuracies, the wall seconds from launch to exit and the steady epoch
-seconds; over the seeds, the mean and sample standard deviation of each. Choose a recipe by its validation
+seconds; over the seeds, the mean and sample standard deviation of the accuracies and the wall time. Choose a recipe by its validation
 mean; its test mean is the confirmation (docs/experiments.md). A seed whose run fails is tabled as failed
 and the others still run; the exit status is then 1.
 """
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check_summary import run_facts, spread  # noqa: E402
+from run_tables import run_facts, spread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,13 +32,17 @@ def percent(value: float | None) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # --seed is train.py's, not short for --seeds
     p.add_argument("--seeds", type=int, nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True, help="a new folder: one run folder per seed, and seeds.json")
     p.add_argument("--data_dir", default="data", help="folder holding MNIST/raw/")
     p.add_argument("--config_file", default=str(ROOT / "accelerate_config.yaml"), help="accelerate's config")
     args, train_flags = p.parse_known_args()
     train_flags = [flag for flag in train_flags if flag != "--"]
+    taken = sorted({flag.split("=")[0] for flag in train_flags} & {"--seed", "--output_dir", "--report_to"})
+    if taken:
+        p.error(f"{', '.join(taken)}: set by seeds.py for each run (--seeds, --out)")
     if args.out.exists() and any(args.out.iterdir()):
         p.error(f"{args.out} is not empty: the runs go into a new folder")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -71,10 +75,12 @@ def main() -> int:
         print(f"| {row['seed']} | {row['best_epoch']} | {shown} | {row['wall_s']:.1f} |")
     over = table["over_seeds"]
     if over:
-        spread_of = {name: f"{over[name]['mean']:.2%}" + (f" ± {over[name]['std']:.2%}" if over[name]["std"] is not None
-                                                             else "") for name in ("val_joint_acc", "test_joint_acc")}
-        print(f"\nover seeds {over['seeds']}: val joint {spread_of['val_joint_acc']}, "
-              f"test joint {spread_of['test_joint_acc']}, wall {over['wall_s']['mean']:.1f} s")
+        def mean_std(column: str) -> str:
+            std = over[column]["std"]
+            return f"{over[column]['mean']:.2%}" + ("" if std is None else f" ± {std:.2%}")
+
+        print(f"\nover seeds {over['seeds']}: val joint {mean_std('val_joint_acc')}, "
+              f"test joint {mean_std('test_joint_acc')}, wall {over['wall_s']['mean']:.1f} s")
     print(f"table: {args.out / 'seeds.json'}")
     return int(any(row["outcome"] != "ok" for row in rows))
 

@@ -15,7 +15,8 @@ Any further flag is train.py's (adder/config.py's TrainConfig); without any, eve
                      shipped accelerate config's setting)
     bf16+compile     bf16, the model through torch.compile, as `accelerate launch --dynamo_backend inductor`
     bf16+cudagraphs  the same in torch.compile's "reduce-overhead" mode (CUDA graphs; as --dynamo_mode
-                     reduce-overhead), which replays each step's kernels without launching them one by one
+                     reduce-overhead), which replays each step's kernels without launching them one by one;
+                     its row's cudagraph_skips counts the graphs inductor could not capture
 The first pipeline listed is the one the others are compared with. --compile_backend eager traces the model
 without generating code, to try the compiled pipelines' plumbing in seconds.
 Seconds per epoch are for the training pass only (train.py's validation is excluded); the first epoch pays
@@ -40,6 +41,7 @@ from unittest import mock
 
 import torch
 from accelerate.state import AcceleratorState
+from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.datasets import MNIST
@@ -97,28 +99,38 @@ def classic_epochs(data_dir: str, model_config: ModelConfig, device: torch.devic
 
 
 def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.device, precision: str,
-                   compile_mode: str | None = None, compile_backend: str = "inductor") -> tuple[list[float], int]:
-    """train.py's seconds per training pass, and the images each pass sees (the held-out ones excluded).
-    With compile_mode, the model goes through torch.compile the way accelerate's launcher asks for it."""
-    dynamo = {"ACCELERATE_DYNAMO_BACKEND": compile_backend.upper(), "ACCELERATE_DYNAMO_MODE": compile_mode} \
-        if compile_mode else {"ACCELERATE_DYNAMO_BACKEND": "NO"}
+                   compile_mode: str | None = None, compile_backend: str = "inductor") -> tuple[list[float], int, dict]:
+    """train.py's seconds per training pass, the images each pass sees (the held-out ones excluded), and for
+    a compiled run how often inductor fell back from CUDA graphs. With compile_mode, the model goes through
+    torch.compile as `accelerate launch --dynamo_backend ... --dynamo_mode ...` asks for it; every other
+    dynamo setting is the launcher's default, whatever this process's environment says."""
+    dynamo = {"ACCELERATE_DYNAMO_BACKEND": compile_backend.upper() if compile_mode else "NO",
+              "ACCELERATE_DYNAMO_MODE": compile_mode or "default", "ACCELERATE_DYNAMO_USE_FULLGRAPH": "false",
+              "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION": "false"}
+    notes = {}
     with tempfile.TemporaryDirectory() as out, mock.patch.dict(os.environ, dynamo):
+        os.environ.pop("ACCELERATE_DYNAMO_USE_DYNAMIC", None)  # restored on leaving the block
         argv = [*train_flags, "--data_dir", config.data_dir, "--output_dir", out, "--epochs", str(config.epochs),
                 "--report_to", "none", "--mixed_precision", precision] + (["--cpu"] if device.type == "cpu" else [])
         try:
             if train.main(argv) != 0:
                 raise RuntimeError("train.py failed (its error is above)")
+            if compile_mode == "reduce-overhead":
+                # Inductor runs a graph without CUDA graphs when it cannot capture it, and only says so in a log.
+                notes["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]
         finally:
             # Accelerate keeps its state per process, torch.compile its caches: forget both before the next run.
             AcceleratorState._reset_state(reset_partial_state=True)
             torch.compiler.reset()
+            counters.clear()
         rows = [json.loads(line) for line in (Path(out) / "logs" / "metrics.jsonl").read_text().splitlines()]
-    return [row["train_seconds"] for row in rows], len(load_mnist(config.data_dir, train=True)[1]) - config.val_size
+    images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size
+    return [row["train_seconds"] for row in rows], images, notes
 
 
-def summary(name: str, seconds: list[float], images: int) -> dict:
+def summary(name: str, seconds: list[float], images: int, notes: dict | None = None) -> dict:
     steady = sum(seconds[1:]) / len(seconds[1:])
-    return {"pipeline": name, "first_s": seconds[0], "steady_s": steady, "images_per_s": images / steady}
+    return {"pipeline": name, "first_s": seconds[0], "steady_s": steady, "images_per_s": images / steady} | (notes or {})
 
 
 # name: (what the table calls it, train.py's --mixed_precision, torch.compile mode); classic is its own loop.
@@ -132,7 +144,8 @@ PIPELINES = {
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # train.py's flags pass through whole
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data_dir", default=TrainConfig.data_dir)
     p.add_argument("--epochs", type=int, default=3, help="epochs per pipeline; the first counts as warm-up")

@@ -36,7 +36,7 @@ def test_bad_checkpoints_end_evaluate_with_one_error(tmp_path, write, message):
     assert str(exit_.value.code).startswith("error: ") and message in str(exit_.value.code)
 
 
-def test_a_checkpoint_that_would_run_code_gets_one_clear_error(tmp_path):
+def test_a_pickle_that_is_not_weights_only_gets_one_clear_error(tmp_path):
     path = tmp_path / "best.pt"
     path.write_bytes(b"\x80\x04garbage")
     result = run_cli(["evaluate.py", "--ckpt", str(path)], check=False)

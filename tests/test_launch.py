@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -80,12 +81,17 @@ def test_every_setting_that_shapes_the_state_must_match(trained_run, change, nam
     state = resolve_state("latest", trained_run / "checkpoints")
     progress = json.loads((state / PROGRESS_FILE).read_text())
     saved = TrainConfig(**progress["settings"])
-    check_settings(progress, saved, processes=1)  # the same settings resume
-    check_settings(progress, dataclasses.replace(saved, log_every=1, keep_states=5, report_to="none"), 1)
+    check_settings(progress, saved, processes=1, compiled=False)  # the same settings resume
+    check_settings(progress, dataclasses.replace(saved, log_every=1, keep_states=5, report_to="none"), 1,
+                   compiled=False)
     with pytest.raises(ResumeError, match=re.escape(f"the saved run used {named}")):
-        check_settings(progress, dataclasses.replace(saved, **change), processes=1)
+        check_settings(progress, dataclasses.replace(saved, **change), processes=1, compiled=False)
+
+
+def test_an_uncompiled_state_does_not_resume_compiled(trained_run):
+    progress = json.loads((resolve_state("latest", trained_run / "checkpoints") / PROGRESS_FILE).read_text())
     with pytest.raises(ResumeError, match=re.escape("the saved run did not compile the model, this command does")):
-        check_settings(progress, saved, processes=1, compiled=True)
+        check_settings(progress, TrainConfig(**progress["settings"]), processes=1, compiled=True)
 
 
 def test_resume_refuses_another_number_of_processes(trained_run, tiny_mnist):
@@ -97,18 +103,27 @@ def test_resume_refuses_another_number_of_processes(trained_run, tiny_mnist):
 def test_a_compiled_run_writes_a_plain_best_pt_and_resumes_only_compiled(tiny_mnist, tmp_path):
     # torch.compile through accelerate's launcher; the "eager" backend traces the model as inductor would,
     # without the minute of code generation.
-    compiled = ["-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+    def compiled(out, *extra):
+        return ["-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "eager", "train.py", "--data_dir", str(tiny_mnist),
-                "--output_dir", str(tmp_path), *FAST, "--epochs", "1"]
-    run_cli(compiled)
-    model, ckpt = load_model(tmp_path / "best.pt")  # the module's own names, as evaluate.py needs them
-    assert ckpt["epoch"] == 1
-    assert json.loads((tmp_path / "logs" / "test_metrics.json").read_text())["pairs"] == 510
-    plain = train(tiny_mnist, tmp_path, "--epochs", "1", "--resume_from_checkpoint", "latest", check=False)
+                "--output_dir", str(out), *FAST, "--epochs", "2", *extra]
+
+    straight = tmp_path / "straight"
+    run_cli(compiled(straight))
+    assert "torch.compile: backend eager, mode default" in (straight / "logs" / "console.log").read_text()
+    load_model(straight / "best.pt")  # the module's own names, as evaluate.py needs them: no error
+    assert json.loads((straight / "logs" / "test_metrics.json").read_text())["pairs"] == 510
+
+    # Resumed from its first epoch's state: uncompiled is refused; compiled ends as the straight run did.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "epoch_002")
+    plain = train(tiny_mnist, resumed, "--epochs", "2", "--resume_from_checkpoint", "latest", check=False)
     assert plain.returncode != 0 and "Traceback" not in plain.stderr
     assert "cannot resume: the saved run compiled the model (--dynamo_backend), this command does not" in plain.stderr
-    progress = json.loads((resolve_state("latest", tmp_path / "checkpoints") / PROGRESS_FILE).read_text())
-    check_settings(progress, TrainConfig(**progress["settings"]), processes=1, compiled=True)  # compiled resumes
+    run_cli(compiled(resumed, "--resume_from_checkpoint", "latest"))
+    assert ((resumed / "logs" / "test_metrics.json").read_text()
+            == (straight / "logs" / "test_metrics.json").read_text())
 
 
 def test_a_full_disk_ends_the_run_with_one_line_and_a_resumable_state(tiny_mnist, tmp_path):

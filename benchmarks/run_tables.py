@@ -1,0 +1,65 @@
+"""What a finished train.py run folder says of itself, and the mean and spread of several runs: the rows of
+the seed tables that benchmarks/gpu_check_summary.py and benchmarks/seeds.py write."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+ACCURACIES = ("digit_acc", "sum_acc", "joint_acc", "consistency")
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def counts(report: dict | None) -> dict | None:
+    """The whole numbers of a report: the pairs, the correct and consistent counts, the epoch and the
+    parameters of the model. evaluate.py must reproduce train.py's exactly."""
+    if report is None:
+        return None
+    return {key: value for key, value in report.items() if isinstance(value, int) and not isinstance(value, bool)}
+
+
+def device_line(console_log: Path) -> str | None:
+    """What train.py said it ran on, e.g. "cuda:0 (NVIDIA H100 80GB HBM3), 1 process(es), mixed precision: bf16"."""
+    lines = console_log.read_text().splitlines() if console_log.exists() else []
+    return next((line.removeprefix("device: ") for line in lines if line.startswith("device: ")), None)
+
+
+def run_facts(run: Path) -> dict:
+    """What a finished train.py run folder says of itself: the best epoch and its validation joint accuracy
+    (what chose the model), the test report of that model, the pace of its epochs and the card it ran on."""
+    report = read_json(run / "logs" / "test_metrics.json")
+    epochs = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()] \
+        if (run / "logs" / "metrics.jsonl").exists() else []
+    best = next((row for row in epochs if report and row["epoch"] == report["epoch"]), None)
+    device = device_line(run / "logs" / "console.log")
+    card = re.match(r"cuda\S* \((.+?)\),", device or "")
+    return {
+        # The first epoch also pays for start-up (CUDA context, kernel selection): the steady pace is the rest.
+        "steady_epoch_s": statistics.mean(row["train_seconds"] for row in epochs[1:]) if len(epochs) > 1 else None,
+        "epochs": len(epochs),
+        "best_epoch": report["epoch"] if report else None,
+        "val_joint_acc": best["val_joint_acc"] if best else None,
+        "gpu": card.group(1) if card else None,
+        "device": device,
+        **{f"test_{name}": report[name] if report else None for name in ACCURACIES},
+        "test_counts": counts(report),
+    }
+
+
+def spread(rows: list[dict]) -> dict:
+    """Mean and sample standard deviation over the seeds that finished: of each test accuracy, of the
+    validation joint accuracy that chose each model, and of the wall time."""
+    done = [row for row in rows if row["test_joint_acc"] is not None]
+    if not done:
+        return {}
+    summary = {"seeds": [row["seed"] for row in done]}
+    for column in [f"test_{name}" for name in ACCURACIES] + ["val_joint_acc", "wall_s"]:
+        values = [row[column] for row in done]
+        summary[column] = {"mean": statistics.mean(values),
+                           "std": statistics.stdev(values) if len(values) > 1 else None}
+    return summary
