@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
 
 from adder.data import DeviceMNIST  # noqa: E402
 from adder.evaluation import one_addend_predictions  # noqa: E402
@@ -59,17 +60,14 @@ def predictions_figure(answers: dict[str, torch.Tensor], test_set: DeviceMNIST, 
     digit_pred, sum_pred = answers["predicted digit"], answers["predicted sum"]
     wrong = (digit_pred != digits) | (sum_pred != sums)
     order = torch.cat([wrong.nonzero().flatten(), (~wrong).nonzero().flatten()])[:count]
-    images = test_set.images[order.to(test_set.device)].cpu() / 255
-    cols = 8
-    rows = (len(order) + cols - 1) // cols
-    # All the digits in one image, each in a cell with room for its caption above: three times faster to
-    # draw than a grid of 32 small axes.
-    cell_height, cell_width, caption = 40, 30, 11
-    canvas = torch.ones(rows * cell_height, cols * cell_width)
-    fig, ax = plt.subplots(figsize=(cols * 1.6, rows * 2.0))
+    images = test_set.images[order.to(test_set.device)].cpu().unsqueeze(1) / 255
+    cols, gap = 8, 12  # the gap above each digit holds its caption
+    # All the digits in one image (torchvision's make_grid): three times faster to draw than 32 small axes.
+    canvas = make_grid(images, nrow=cols, padding=gap, pad_value=1)[0]
+    width = cols * 1.6
+    fig, ax = plt.subplots(figsize=(width, width * canvas.shape[0] / canvas.shape[1] + 0.6))  # + the title
     for k, i in enumerate(order.tolist()):
-        top, left = (k // cols) * cell_height + caption, (k % cols) * cell_width + 1
-        canvas[top:top + 28, left:left + 28] = images[k]
+        top, left = (k // cols) * (28 + gap) + gap, (k % cols) * (28 + gap) + gap
         ax.text(left + 14, top - 1, f"{digits[i]}+{addends[i]}={sums[i]}\npred {digit_pred[i]}, {sum_pred[i]}",
                 ha="center", va="bottom", fontsize=8, color="red" if wrong[i] else "black")
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)

@@ -99,9 +99,9 @@ def classic_epochs(data_dir: str, model_config: ModelConfig, device: torch.devic
 
 
 def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.device, precision: str,
-                   compile_mode: str | None = None, compile_backend: str = "inductor") -> tuple[list[float], int, dict]:
-    """train.py's seconds per training pass, the images each pass sees (the held-out ones excluded), and for
-    a compiled run how often inductor fell back from CUDA graphs. With compile_mode, the model goes through
+                   compile_mode: str | None = None, compile_backend: str = "inductor") -> tuple[list[float], dict]:
+    """train.py's seconds per training pass, and for a compiled run how often inductor fell back from CUDA
+    graphs. With compile_mode, the model goes through
     torch.compile as `accelerate launch --dynamo_backend ... --dynamo_mode ...` asks for it; every other
     dynamo setting is the launcher's default, whatever this process's environment says."""
     dynamo = {"ACCELERATE_DYNAMO_BACKEND": compile_backend.upper() if compile_mode else "NO",
@@ -124,8 +124,7 @@ def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.de
             torch.compiler.reset()
             counters.clear()
         rows = [json.loads(line) for line in (Path(out) / "logs" / "metrics.jsonl").read_text().splitlines()]
-    images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size
-    return [row["train_seconds"] for row in rows], images, notes
+    return [row["train_seconds"] for row in rows], notes
 
 
 def summary(name: str, seconds: list[float], images: int, notes: dict | None = None) -> dict:
@@ -162,6 +161,7 @@ def main() -> int:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
+    project_images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size  # the held-out ones excluded
     rows = []
     for pipeline in args.pipelines:
         label, precision, compile_mode = PIPELINES[pipeline]
@@ -169,8 +169,9 @@ def main() -> int:
             if pipeline == "classic":
                 rows.append(summary(label, *classic_epochs(config.data_dir, config.model_config, device, config.epochs)))
             else:
-                rows.append(summary(label, *project_epochs(train_flags, config, device, precision, compile_mode,
-                                                           args.compile_backend)))
+                seconds, notes = project_epochs(train_flags, config, device, precision, compile_mode,
+                                                args.compile_backend)
+                rows.append(summary(label, seconds, project_images, notes))
         except Exception as err:  # noqa: BLE001 - a benchmark records what failed and measures the rest
             traceback.print_exc()
             rows.append({"pipeline": label, "error": f"{type(err).__name__}: {err}".splitlines()[0][:500]})
