@@ -172,10 +172,10 @@ def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerato
         answers = one_addend_predictions(best_model, test_set)  # for the figure and the tracker's table
         figures = run_figures(read_metrics(folder.metrics), answers, test_set, test)
         with saving(folder.logs, safe):
-            save_figures(figures, folder.logs)
-        log.info(f"figures: {', '.join(str(folder.logs / f'{name}.png') for name in figures)}")
+            figure_files = save_figures(figures, folder.logs)
+        log.info(f"figures: {', '.join(map(str, figure_files.values()))}")
         tracking.log_test_results(global_step, test, shifted, checkpoint=folder.best, saved=best_ckpt,
-                                  answers=answers, test_set=test_set, figures=figures)
+                                  answers=answers, test_set=test_set, figures=figure_files)
 
 
 def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log: logging.Logger) -> None:
@@ -184,7 +184,8 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
 
     # Data: each split lives on the device as one uint8 tensor; batches are made by indexing it.
     data = load_data(config, accelerator)
-    steps_per_epoch = len(train_batches(len(data["train"]), config.batch_size, config.seed, 0, rank, world_size))
+    train_set = data["train"]
+    steps_per_epoch = len(train_batches(len(train_set), config.batch_size, config.seed, 0, rank, world_size))
     log.info(f"data: {len(data['train'])} train / {len(data['val'])} val / {len(data['test'])} test images; "
              f"validation and test score every image with all 10 addends; {steps_per_epoch} steps per epoch")
 
@@ -214,15 +215,16 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
 
     # One row per finished epoch; a resumed run drops the rows of epochs it is about to redo.
     epoch_rows = [r for r in read_metrics(folder.metrics) if r["epoch"] < start_epoch] if folder.metrics.exists() else []
+    augment = config.augment  # a property that builds its dict: once, not once a step
     run_start = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
-        batches = train_batches(len(data["train"]), config.batch_size, config.seed, epoch, rank, world_size, device)
+        batches = train_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size, device)
         window_loss, epoch_loss = torch.zeros((), device=device), torch.zeros((), device=device)
         for step, index in enumerate(tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                                           disable=not accelerator.is_local_main_process), start=1):
-            images, addends, digits, sums = data["train"].train_batch(index, config.seed, epoch, config.augment)
+            images, addends, digits, sums = train_set.train_batch(index, config.seed, epoch, augment)
             digit_logits, sum_logits = model(images.contiguous(memory_format=torch.channels_last), addends)
             loss = loss_fn(digit_logits, sum_logits, digits, sums)
             accelerator.backward(loss)

@@ -59,15 +59,13 @@ def choose_placement(force_cpu: bool, mixed_precision: str | None, *, gpu: bool,
         return Placement(cpu=False, mixed_precision=mixed_precision)
     threads = max(1, cores // max(1, local_processes))
     why = "--cpu" if force_cpu else "no usable GPU"
-    precision_name = {"no": "fp32"}
-    if mixed_precision is None:
+    explicit = mixed_precision is not None
+    if not explicit:
         mixed_precision = "bf16" if native_bf16 else "no"
-        reason = "this CPU has native bf16" if native_bf16 else "this CPU has no native bf16"
-        note = f"CPU ({why}): {threads} threads per process, {precision_name.get(mixed_precision, mixed_precision)} ({reason})"
-        return Placement(True, mixed_precision, threads, note)
-    note = f"CPU ({why}): {threads} threads per process, {precision_name.get(mixed_precision, mixed_precision)} (--mixed_precision)"
+    reason = "--mixed_precision" if explicit else f"this CPU has {'' if native_bf16 else 'no '}native bf16"
+    note = f"CPU ({why}): {threads} threads per process, {'fp32' if mixed_precision == 'no' else mixed_precision} ({reason})"
     warning = ""
-    if mixed_precision == "bf16" and not native_bf16:
+    if mixed_precision == "bf16" and not native_bf16:  # only an explicit choice gets here
         warning = ("--mixed_precision bf16 on a CPU without native bf16 is emulated and several times slower "
                    "than fp32; leave --mixed_precision out to get fp32 here")
     return Placement(True, mixed_precision, threads, note, warning)

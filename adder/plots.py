@@ -106,17 +106,12 @@ def run_figures(epochs: list[dict], answers: dict[str, torch.Tensor], test_set: 
     }
 
 
-def save_figures(figures: dict[str, plt.Figure], out: Path) -> None:
+def save_figures(figures: dict[str, plt.Figure], out: Path) -> dict[str, Path]:
+    """Each figure as OUT/NAME.png; returns the files by name (the tracker logs these files as they are)."""
+    files = {name: out / f"{name}.png" for name in figures}
     for name, fig in figures.items():
-        fig.savefig(out / f"{name}.png", dpi=110)
-
-
-def figure_to_array(fig: plt.Figure):
-    """RGB pixels of a figure, the form trackers take images in."""
-    import numpy as np
-
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3]
+        fig.savefig(files[name], dpi=110)
+    return files
 
 
 def main(argv=None) -> int:

@@ -156,21 +156,19 @@ class Tracking:
         return cls(run, log_model)
 
     def log_test_results(self, step: int, test: dict, shifted: dict, *, checkpoint: Path, saved: dict,
-                         answers: dict[str, torch.Tensor], test_set: DeviceMNIST, figures: dict) -> None:
+                         answers: dict[str, torch.Tensor], test_set: DeviceMNIST, figures: dict[str, Path]) -> None:
         """The end of a run: the test results of best.pt (at `checkpoint`, whose contents are `saved`), plain
         and averaged over shifts; its one-addend `answers` on `test_set` as a table and a confusion chart;
-        the run's figures; best.pt itself."""
+        the run's figures (their PNG files, by name); best.pt itself."""
         if self.run is None:
             return
         import wandb
-
-        from adder.plots import figure_to_array
 
         results = ({f"test/{name}": value for name, value in scalars(test).items()}
                    | {f"test_tta/{name}": value for name, value in scalars(shifted).items()})
         media = {"test/predictions": predictions_table(answers, test_set),
                  "test/digit_confusion": digit_confusion_chart(answers)}
-        images = {f"figures/{name}": wandb.Image(figure_to_array(figure)) for name, figure in figures.items()}
+        images = {f"figures/{name}": wandb.Image(str(path)) for name, path in figures.items()}
         self.run.log(results | media | images, step=step)
         self.run.summary.update({"best_val/epoch": saved["epoch"]}
                                 | {f"best_val/{name}": value for name, value in saved["val_metrics"].items()})

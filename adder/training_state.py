@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import DynamoBackend
+from accelerate.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, DynamoBackend
 
 from adder.config import TrainConfig
 
@@ -44,7 +44,8 @@ class ResumeError(RuntimeError):
 
 
 def has_weights(state: Path) -> bool:
-    return any(state.glob("model*.safetensors")) or any(state.glob("model*.bin"))
+    """Whether save_state wrote model weights here, under accelerate's names (a second model gets _1...)."""
+    return any(any(state.glob(f"{Path(name).stem}*{Path(name).suffix}")) for name in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME))
 
 
 def is_complete(state: Path) -> bool:

@@ -136,6 +136,8 @@ def test_digit_confusion_chart_counts_each_test_image_once(offline_run):
 def test_run_figures_are_logged_as_images(offline_run):
     images = offline_run.folder / "files" / "media" / "images" / "figures"
     assert sorted(map(logged_name, images.glob("*.png"))) == ["confusion", "curves", "test_predictions"]
+    for image in images.glob("*.png"):  # the files the run saved, not a second drawing
+        assert image.read_bytes() == (offline_run.out / "logs" / f"{logged_name(image)}.png").read_bytes()
 
 
 def test_best_pt_is_logged_as_a_model_artifact(offline_run):
