@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, broadcast_object_list, set_seed
+from accelerate.utils import AutocastKwargs, broadcast, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from adder.checkpoint import atomic_write_text, load_model, save_checkpoint
@@ -42,6 +42,7 @@ from adder.metrics import report, scalars
 from adder.model import AdderNet, ShiftAveraged, count_parameters
 from adder.optim import build_optimizer
 from adder.plots import read_metrics, run_figures, save_figures
+from adder.step import TrainStep, graph_unavailable
 from adder.tracking import Tracking
 from adder.training_state import (ResumeError, is_compiled, load_training_state, resolve_state,
                                   save_training_state)
@@ -208,6 +209,15 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         accelerator.register_for_checkpointing(ema)  # part of the training state, so a resumed run is identical
     eval_model = raw_model if ema is None else ema.module  # evaluation runs per process, outside DDP
 
+    # The step's forward and backward, eager or replayed from a CUDA graph (--cuda_graph, adder/step.py).
+    why_not = graph_unavailable(device, world_size, is_compiled(accelerator)) if config.cuda_graph else None
+    if why_not:
+        log.info(f"--cuda_graph: off, {why_not}")
+    elif config.cuda_graph:
+        log.info("--cuda_graph: the training step is captured in a CUDA graph at its first full batch and replayed")
+    train_step = TrainStep(model, loss_fn, train_set, accelerator, seed=config.seed, augment=config.augment,
+                           cuda_graph=config.cuda_graph and why_not is None)
+
     tracking = Tracking.start(accelerator, config.to_dict(), logs_dir=folder.logs, run_name=config.run_name,
                               log_model=not config.no_log_model)
 
@@ -215,26 +225,22 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
 
     # One row per finished epoch; a resumed run drops the rows of epochs it is about to redo.
     epoch_rows = [r for r in read_metrics(folder.metrics) if r["epoch"] < start_epoch] if folder.metrics.exists() else []
-    augment = config.augment  # a property that builds its dict: once, not once a step
     run_start = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
         batches = train_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size, device)
+        train_step.set_epoch(epoch)
         window_loss, epoch_loss = torch.zeros((), device=device), torch.zeros((), device=device)
         for step, index in enumerate(tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                                           disable=not accelerator.is_local_main_process), start=1):
-            images, addends, digits, sums = train_set.train_batch(index, config.seed, epoch, augment)
-            digit_logits, sum_logits = model(images.contiguous(memory_format=torch.channels_last), addends)
-            loss = loss_fn(digit_logits, sum_logits, digits, sums)
-            accelerator.backward(loss)
+            loss = train_step(index)  # forward and backward; the gradients are in the parameters' .grad
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update_parameters(raw_model)
             global_step += 1
-            window_loss += loss.detach()
+            window_loss += loss
             if step % config.log_every == 0 or step == len(batches):
                 # The inner loop's only host sync, every log_every steps; all processes see the same value.
                 steps_in_window = (step - 1) % config.log_every + 1
@@ -263,8 +269,10 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         accelerator.log({f"val/{k}": v for k, v in scalars(val).items()} | {"epoch": epoch}, step=global_step)
         safe = still_safe(best["epoch"], saved_epoch=epoch - 1)
         if accelerator.is_main_process:
+            # unix_time, when the epoch's validation ended, times the run to an accuracy from its launch.
             epoch_rows.append({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
-                               "train_loss": train_loss, "train_seconds": train_seconds}
+                               "train_loss": train_loss, "train_seconds": train_seconds,
+                               "unix_time": round(time.time(), 3)}
                               | {f"val_{k}": v for k, v in scalars(val).items()})
             with saving(folder.metrics, safe):
                 atomic_write_text(folder.metrics, "".join(json.dumps(row) + "\n" for row in epoch_rows))
@@ -298,6 +306,8 @@ def main(argv=None) -> int:
         log_with="wandb" if config.report_to == "wandb" else None,
         project_dir=str(folder.root),
         step_scheduler_with_optimizer=False,  # the schedule counts this process's steps itself
+        # A CUDA graph cannot keep autocast's cache of cast weights between its capture and its replays.
+        kwargs_handlers=[AutocastKwargs(cache_enabled=False)] if config.cuda_graph else None,
     )
     try:
         if accelerator.is_main_process:

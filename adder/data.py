@@ -109,13 +109,14 @@ def _splitmix64(x):
     return x ^ _shift_right(x, 31)
 
 
-def counter_hash(index: torch.Tensor, *keys: int, draws: int | None = None) -> torch.Tensor:
+def counter_hash(index: torch.Tensor, *keys: int | torch.Tensor, draws: int | None = None) -> torch.Tensor:
     """A 53-bit pseudo-random integer per index, a pure function of (keys, index) on any device.
 
     Counter-based rather than a stateful generator: the value for one sample does not depend on which
-    process draws it, in which order, or whether the run was resumed. The keys are mixed on the host
-    (Python ints, no kernels); the draws and the per-index mixing run on the device, so nothing is copied
-    from the host. With `draws`, returns (draws, *index.shape): draw k is keyed by (*keys, k).
+    process draws it, in which order, or whether the run was resumed. Keys that are Python ints are mixed on
+    the host (no kernels); a key may also be a 0-d int64 tensor on the device, which a CUDA graph reads in
+    place (adder/step.py), with the same result. The draws and the per-index mixing run on the device, so
+    nothing is copied from the host. With `draws`, returns (draws, *index.shape): draw k is keyed by (*keys, k).
     """
     h = 0
     for key in keys:
@@ -125,7 +126,7 @@ def counter_hash(index: torch.Tensor, *keys: int, draws: int | None = None) -> t
     return _shift_right(_splitmix64(index.long() + h), 11)
 
 
-def counter_uniform(index: torch.Tensor, *keys: int, draws: int | None = None) -> torch.Tensor:
+def counter_uniform(index: torch.Tensor, *keys: int | torch.Tensor, draws: int | None = None) -> torch.Tensor:
     """Uniform floats in [0, 1), one per index (and draw), from counter_hash."""
     return counter_hash(index, *keys, draws=draws).double().div_(2.0**53).float()
 
@@ -133,7 +134,7 @@ def counter_uniform(index: torch.Tensor, *keys: int, draws: int | None = None) -
 STREAM_ADDEND, STREAM_AUGMENT = 0, 1
 
 
-def train_addends(index: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+def train_addends(index: torch.Tensor, seed: int, epoch: int | torch.Tensor) -> torch.Tensor:
     """The addend (0..9) paired with training image `index` in `epoch`."""
     return counter_hash(index, seed, epoch, STREAM_ADDEND) % NUM_ADDENDS
 
@@ -143,9 +144,8 @@ def normalize(images_u8: torch.Tensor) -> torch.Tensor:
     return (images_u8.unsqueeze(1).float() / 255.0 - MNIST_MEAN) / MNIST_STD
 
 
-def random_warp(
-    images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int, degrees: float, translate: float, scale: float,
-) -> torch.Tensor:
+def random_warp(images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int | torch.Tensor, degrees: float,
+                translate: float, scale: float) -> torch.Tensor:
     """Batched small rotations, shifts and zooms on the device, drawn per (seed, epoch, index).
 
     `translate` is a fraction of the image size. Digits are never flipped (a flipped 2 is not a 2).
@@ -174,8 +174,9 @@ class DeviceMNIST:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def train_batch(self, index: torch.Tensor, seed: int, epoch: int, augment: dict | None = None):
-        """(image, addend, digit, sum) for training images `index` in `epoch`."""
+    def train_batch(self, index: torch.Tensor, seed: int, epoch: int | torch.Tensor, augment: dict | None = None):
+        """(image, addend, digit, sum) for training images `index` in `epoch` (an int, or a 0-d int64 tensor
+        on the device: see counter_hash)."""
         images = self.images[index].unsqueeze(1).float() / 255.0
         if augment:
             images = random_warp(images, index, seed, epoch, **augment)

@@ -2,11 +2,11 @@
 
     python3 benchmarks/gpu_check_summary.py WORK_DIR OUT_DIR SEED [SEED...]
 
-WORK_DIR holds steps/NAME.json (each step's outcome and seconds), steps/NAME.txt (what it printed) and
+WORK_DIR holds steps/NAME.json (each step's outcome, seconds and Unix start time), steps/NAME.txt (what it printed) and
 runs/seed_S/ (each training run). Writes to OUT_DIR:
     seeds.json          per seed (the first is the record): the test report's accuracies, the best epoch and its
                         validation joint accuracy, the wall seconds from launch to exit, the steady epoch
-                        seconds, the card, and whether evaluate.py reproduced the test report's counts
+                        seconds, the seconds from launch to 99.0 % and 99.5 % validation joint accuracy, the card, and whether evaluate.py reproduced the test report's counts
                         exactly; mean and std over the seeds
     two_processes.json  evaluate.py over two processes sharing the GPU against one process: the counts of each
 and the step's outcome into benchmark_gpu.json and benchmark_compile.json (written by the benchmark, or
@@ -42,7 +42,7 @@ def printed_json(work: Path, name: str) -> dict | None:
 
 def seed_row(work: Path, seed: int) -> dict:
     train, evaluation = step(work, f"train_seed_{seed}"), step(work, f"evaluate_seed_{seed}")
-    facts = run_facts(work / "runs" / f"seed_{seed}")
+    facts = run_facts(work / "runs" / f"seed_{seed}", launched_at=train.get("started_at"))
     evaluated = printed_json(work, f"evaluate_seed_{seed}")
     return {
         "seed": seed,

@@ -9,6 +9,12 @@ import statistics
 from pathlib import Path
 
 ACCURACIES = ("digit_acc", "sum_acc", "joint_acc", "consistency")
+# Validation joint accuracies a run is timed to, from its launch: the time-to-accuracy columns.
+MILESTONES = (0.99, 0.995)
+
+
+def to_accuracy_column(milestone: float) -> str:
+    return f"seconds_to_val_joint_{milestone * 100:g}"  # seconds_to_val_joint_99.5
 
 
 def read_json(path: Path) -> dict | None:
@@ -29,9 +35,19 @@ def device_line(console_log: Path) -> str | None:
     return next((line.removeprefix("device: ") for line in lines if line.startswith("device: ")), None)
 
 
-def run_facts(run: Path) -> dict:
+def seconds_to(epochs: list[dict], milestone: float, launched_at: float | None) -> float | None:
+    """Seconds from the launch to the end of the first validation at or above the milestone; None if the run
+    never reached it, or if its launch time or its epochs' times (metrics.jsonl before unix_time) are unknown."""
+    reached = next((row for row in epochs if row["val_joint_acc"] >= milestone), None)
+    if launched_at is None or reached is None or "unix_time" not in reached:
+        return None
+    return round(reached["unix_time"] - launched_at, 3)
+
+
+def run_facts(run: Path, launched_at: float | None = None) -> dict:
     """What a finished train.py run folder says of itself: the best epoch and its validation joint accuracy
-    (what chose the model), the test report of that model, the pace of its epochs and the card it ran on."""
+    (what chose the model), the test report of that model, the pace of its epochs, the card it ran on and,
+    given the Unix time it was launched at, the seconds it took to reach each milestone."""
     report = read_json(run / "logs" / "test_metrics.json")
     epochs = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()] \
         if (run / "logs" / "metrics.jsonl").exists() else []
@@ -48,18 +64,27 @@ def run_facts(run: Path) -> dict:
         "device": device,
         **{f"test_{name}": report[name] if report else None for name in ACCURACIES},
         "test_counts": counts(report),
+        "launched_at": launched_at,
+        **{to_accuracy_column(milestone): seconds_to(epochs, milestone, launched_at) for milestone in MILESTONES},
     }
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None}
 
 
 def spread(rows: list[dict]) -> dict:
     """Mean and sample standard deviation over the seeds that finished: of each test accuracy, of the
-    validation joint accuracy that chose each model, and of the wall time."""
+    validation joint accuracy that chose each model and of the wall time; and of the time to each milestone
+    over the seeds that reached it, with their number."""
     done = [row for row in rows if row["test_joint_acc"] is not None]
     if not done:
         return {}
     summary = {"seeds": [row["seed"] for row in done]}
     for column in [f"test_{name}" for name in ACCURACIES] + ["val_joint_acc", "wall_s"]:
-        values = [row[column] for row in done]
-        summary[column] = {"mean": statistics.mean(values),
-                           "std": statistics.stdev(values) if len(values) > 1 else None}
+        summary[column] = mean_std([row[column] for row in done])
+    for column in map(to_accuracy_column, MILESTONES):
+        times = [row[column] for row in done if row.get(column) is not None]
+        summary[column] = mean_std(times) | {"reached": len(times)}
     return summary

@@ -6,9 +6,10 @@
 Each seed runs README's quick start, `accelerate launch --config_file accelerate_config.yaml train.py`, in
 its own process, with --seed S --output_dir OUT/seed_S --report_to none and the train.py flags after `--`.
 OUT/seeds.json then holds, per seed, the best epoch and its validation joint accuracy (the number that
-chose the model), that model's test accuracies, the wall seconds from launch to exit and the steady epoch
-seconds; over the seeds, the mean and sample standard deviation of the accuracies and the wall time. Choose a recipe by its validation
-mean; its test mean is the confirmation (docs/experiments.md). A seed whose run fails is tabled as failed
+chose the model), that model's test accuracies, the wall seconds from launch to exit, the steady epoch
+seconds and the time to accuracy: seconds from launch until validation joint accuracy first reached 99.0 %
+and 99.5 % (None if it never did). Over the seeds: the mean and sample standard deviation of each. Choose
+a recipe by its validation mean; its test mean is the confirmation (docs/experiments.md). A seed whose run fails is tabled as failed
 and the others still run; the exit status is then 1.
 """
 
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_tables import run_facts, spread  # noqa: E402
+from run_tables import MILESTONES, run_facts, spread, to_accuracy_column  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,10 +54,10 @@ def main() -> int:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.config_file,
                    str(ROOT / "train.py"), "--data_dir", args.data_dir, "--output_dir", str(run),
                    "--report_to", "none", "--seed", str(seed), *train_flags]
-        start = time.perf_counter()
+        launched_at, start = time.time(), time.perf_counter()
         status = subprocess.run(command).returncode
         row = {"seed": seed, "outcome": "ok" if status == 0 else f"failed (exit {status})",
-               "wall_s": round(time.perf_counter() - start, 3)} | run_facts(run)
+               "wall_s": round(time.perf_counter() - start, 3)} | run_facts(run, launched_at)
         rows.append(row)
         print(f"seed {seed}: {row['outcome']}, {row['wall_s']:.1f} s, best epoch {row['best_epoch']}, "
               f"val joint {percent(row['val_joint_acc'])}, test joint {percent(row['test_joint_acc'])}", flush=True)
@@ -66,13 +67,16 @@ def main() -> int:
                  "over_seeds": spread([row for row in rows if row["outcome"] == "ok"])}
         (args.out / "seeds.json").write_text(json.dumps(table, indent=2))  # after each seed: a cut run keeps them
 
-    print("\n| seed | best epoch | val joint | test digit | test sum | test joint | consistency | wall s |")
-    print("|---|---|---|---|---|---|---|---|")
+    milestones = [to_accuracy_column(milestone) for milestone in MILESTONES]
+    print("\n| seed | best epoch | val joint | test digit | test sum | test joint | consistency | wall s | "
+          + " | ".join(f"s to val joint {milestone:.1%}" for milestone in MILESTONES) + " |")
+    print("|---" * (8 + len(MILESTONES)) + "|")
     for row in rows:
         cells = [row["val_joint_acc"]] + [row[f"test_{name}"] for name in ("digit_acc", "sum_acc", "joint_acc",
                                                                            "consistency")]
         shown = " | ".join(percent(value) for value in cells)
-        print(f"| {row['seed']} | {row['best_epoch']} | {shown} | {row['wall_s']:.1f} |")
+        times = " | ".join("-" if row[column] is None else f"{row[column]:.1f}" for column in milestones)
+        print(f"| {row['seed']} | {row['best_epoch']} | {shown} | {row['wall_s']:.1f} | {times} |")
     over = table["over_seeds"]
     if over:
         def mean_std(column: str) -> str:
@@ -81,6 +85,10 @@ def main() -> int:
 
         print(f"\nover seeds {over['seeds']}: val joint {mean_std('val_joint_acc')}, "
               f"test joint {mean_std('test_joint_acc')}, wall {over['wall_s']['mean']:.1f} s")
+        for milestone, column in zip(MILESTONES, milestones):
+            mean = over[column]["mean"]
+            print(f"  val joint {milestone:.1%} reached by {over[column]['reached']} of {len(over['seeds'])} seeds"
+                  + ("" if mean is None else f", after {mean:.1f} s on average"))
     print(f"table: {args.out / 'seeds.json'}")
     return int(any(row["outcome"] != "ok" for row in rows))
 

@@ -3,7 +3,7 @@
     python benchmarks/throughput.py --device cuda --data_dir data
     python benchmarks/throughput.py --device cpu --data_dir data
     python benchmarks/throughput.py --device cpu --epochs 2 --widths 4,4 8,8 8   # a smaller model in both
-    python benchmarks/throughput.py --device cuda --data_dir data --pipelines bf16 bf16+compile bf16+cudagraphs
+    python benchmarks/throughput.py --device cuda --data_dir data --pipelines bf16 bf16+graph bf16+compile
 
 Any further flag is train.py's (adder/config.py's TrainConfig); without any, every pipeline uses its defaults.
 
@@ -13,6 +13,8 @@ Any further flag is train.py's (adder/config.py's TrainConfig); without any, eve
     fp32, bf16       train.py itself (its real loop, via train.main): the split held on the device, batch 512,
                      on-device augmentation, channels_last; without autocast, and with bf16 autocast (the
                      shipped accelerate config's setting)
+    bf16+graph       bf16, the whole step (batch, forward, backward) replayed from one CUDA graph: train.py
+                     --cuda_graph (adder/step.py); on the CPU the same as bf16
     bf16+compile     bf16, the model through torch.compile, as `accelerate launch --dynamo_backend inductor`
     bf16+cudagraphs  the same in torch.compile's "reduce-overhead" mode (CUDA graphs; as --dynamo_mode
                      reduce-overhead), which replays each step's kernels without launching them one by one;
@@ -132,13 +134,15 @@ def summary(name: str, seconds: list[float], images: int, notes: dict | None = N
     return {"pipeline": name, "first_s": seconds[0], "steady_s": steady, "images_per_s": images / steady} | (notes or {})
 
 
-# name: (what the table calls it, train.py's --mixed_precision, torch.compile mode); classic is its own loop.
+# name: (what the table calls it, train.py's --mixed_precision, torch.compile mode, further train.py flags);
+# classic is its own loop.
 PIPELINES = {
-    "classic": ("classic DataLoader, fp32, batch 128", None, None),
-    "fp32": ("project (train.py), fp32", "no", None),
-    "bf16": ("project (train.py), bf16 autocast", "bf16", None),
-    "bf16+compile": ("project (train.py), bf16, torch.compile", "bf16", "default"),
-    "bf16+cudagraphs": ("project (train.py), bf16, torch.compile reduce-overhead", "bf16", "reduce-overhead"),
+    "classic": ("classic DataLoader, fp32, batch 128", None, None, []),
+    "fp32": ("project (train.py), fp32", "no", None, []),
+    "bf16": ("project (train.py), bf16 autocast", "bf16", None, []),
+    "bf16+graph": ("project (train.py), bf16, --cuda_graph", "bf16", None, ["--cuda_graph"]),
+    "bf16+compile": ("project (train.py), bf16, torch.compile", "bf16", "default", []),
+    "bf16+cudagraphs": ("project (train.py), bf16, torch.compile reduce-overhead", "bf16", "reduce-overhead", []),
 }
 
 
@@ -164,12 +168,12 @@ def main() -> int:
     project_images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size  # the held-out ones excluded
     rows = []
     for pipeline in args.pipelines:
-        label, precision, compile_mode = PIPELINES[pipeline]
+        label, precision, compile_mode, flags = PIPELINES[pipeline]
         try:
             if pipeline == "classic":
                 rows.append(summary(label, *classic_epochs(config.data_dir, config.model_config, device, config.epochs)))
             else:
-                seconds, notes = project_epochs(train_flags, config, device, precision, compile_mode,
+                seconds, notes = project_epochs([*train_flags, *flags], config, device, precision, compile_mode,
                                                 args.compile_backend)
                 rows.append(summary(label, seconds, project_images, notes))
         except Exception as err:  # noqa: BLE001 - a benchmark records what failed and measures the rest

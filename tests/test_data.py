@@ -150,3 +150,14 @@ def test_several_draws_equal_separately_keyed_draws():
     assert many.shape == (4, 50)
     for k in range(4):
         assert torch.equal(many[k], counter_hash(index, 7, 3, k))
+
+
+def test_an_epoch_held_in_a_tensor_gives_the_same_batch(tiny_mnist):
+    # A CUDA graph reads the epoch from a tensor (adder/step.py): same addends, same augmentation.
+    data = DeviceMNIST(*load_mnist(tiny_mnist, train=True, download=False))
+    index = torch.randperm(len(data))[:64]
+    augment = {"degrees": 10, "translate": 0.1, "scale": 0.1}
+    for epoch in (1, 17):
+        by_int = data.train_batch(index, seed=42, epoch=epoch, augment=augment)
+        by_tensor = data.train_batch(index, seed=42, epoch=torch.tensor(epoch), augment=augment)
+        assert all(torch.equal(a, b) for a, b in zip(by_int, by_tensor))

@@ -44,15 +44,16 @@ def test_the_dry_run_writes_every_output_within_the_limits(smoke):
     assert_within_limits(smoke)
     with tarfile.open(smoke / "record.tar") as record:
         assert RECORD <= {member.name for member in record.getmembers() if member.isfile()}
-    assert "3 skipped" in (smoke / "cuda_tests.txt").read_text()  # tests/test_cuda.py ran, and needs CUDA
+    assert "5 skipped" in (smoke / "cuda_tests.txt").read_text()  # tests/test_cuda.py ran, and needs CUDA
     benchmark = json.loads((smoke / "benchmark_gpu.json").read_text())
     assert len(benchmark["rows"]) == 3 and benchmark["device"].startswith("CPU")
     compiled = json.loads((smoke / "benchmark_compile.json").read_text())
     assert [row["pipeline"] for row in compiled["rows"]] == [
-        "project (train.py), bf16 autocast", "project (train.py), bf16, torch.compile",
-        "project (train.py), bf16, torch.compile reduce-overhead"]
-    assert all(row["steady_s"] > 0 for row in compiled["rows"]) and len(compiled["ratios"]) == 2
+        "project (train.py), bf16 autocast", "project (train.py), bf16, --cuda_graph",
+        "project (train.py), bf16, torch.compile", "project (train.py), bf16, torch.compile reduce-overhead"]
+    assert all(row["steady_s"] > 0 for row in compiled["rows"]) and len(compiled["ratios"]) == 3
     log = (smoke / "check.log").read_text()
+    assert "--cuda_graph: off, it needs a CUDA GPU" in log  # the graph's row ran, eagerly on the CPU
     assert "profile: CPU" in log and "per step: wall" in log  # the profile's table is only in the log
     for mode in ("default", "reduce-overhead"):  # the compiled rows did go through torch.compile
         assert f"torch.compile: backend eager, mode {mode}" in log
@@ -70,6 +71,12 @@ def test_every_seed_is_tabled_and_reproduced_by_evaluate(smoke):
         assert run["wall_s"] > 0 and run["steady_epoch_s"] > 0
         assert all(0 <= run[f"test_{name}"] <= 1 for name in ("digit_acc", "sum_acc", "joint_acc", "consistency"))
     assert table["over_seeds"]["seeds"] == [42, 1] and table["over_seeds"]["test_joint_acc"]["std"] is not None
+    # The time-to-accuracy clock: the record's epochs end after its launch and before its exit.
+    record = table["runs"][0]
+    with tarfile.open(smoke / "record.tar") as tar:
+        epochs = [json.loads(line) for line in tar.extractfile("logs/metrics.jsonl").read().splitlines()]
+    assert all(0 < epoch["unix_time"] - record["launched_at"] < record["wall_s"] for epoch in epochs)
+    assert record["seconds_to_val_joint_99"] is None  # the tiny task never gets there
 
 
 def test_two_processes_give_the_counts_of_one(smoke):

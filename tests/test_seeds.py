@@ -7,6 +7,9 @@ import sys
 
 from conftest import ROOT, TINY_MODEL
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run_tables import seconds_to  # noqa: E402
+
 
 def test_each_seed_is_tabled_from_its_run_and_summarised(tiny_mnist, tmp_path):
     out = tmp_path / "seeds"
@@ -25,10 +28,21 @@ def test_each_seed_is_tabled_from_its_run_and_summarised(tiny_mnist, tmp_path):
         # The validation number is the one that chose best.pt: the best epoch's, the highest of the run.
         assert row["val_joint_acc"] == max(epoch["val_joint_acc"] for epoch in epochs)
         assert f"--seed {row['seed']}" in (run / "logs" / "console.log").read_text()
+        assert row["seconds_to_val_joint_99"] is None  # the tiny task never gets there
     over = table["over_seeds"]
     joint = [row["test_joint_acc"] for row in table["runs"]]
     assert over["test_joint_acc"] == {"mean": statistics.mean(joint), "std": statistics.stdev(joint)}
     assert "over seeds [3, 4]: val joint" in result.stdout
+    assert over["seconds_to_val_joint_99.5"] == {"mean": None, "std": None, "reached": 0}
+
+
+def test_time_to_accuracy_counts_from_the_launch_to_the_first_epoch_at_the_milestone():
+    epochs = [{"val_joint_acc": 0.98, "unix_time": 110.0}, {"val_joint_acc": 0.992, "unix_time": 112.5},
+              {"val_joint_acc": 0.991, "unix_time": 115.0}, {"val_joint_acc": 0.996, "unix_time": 117.25}]
+    assert seconds_to(epochs, 0.99, launched_at=100.0) == 12.5
+    assert seconds_to(epochs, 0.995, launched_at=100.0) == 17.25
+    assert seconds_to(epochs, 0.999, launched_at=100.0) is None  # never reached
+    assert seconds_to(epochs, 0.99, launched_at=None) is None  # launch time unknown
 
 
 def test_a_folder_that_holds_runs_is_refused(tmp_path):

@@ -1,0 +1,95 @@
+"""A training step's forward and backward: the batch made on the device, the loss, the gradients.
+
+With --cuda_graph on a CUDA GPU, the step is captured once in a CUDA graph and then replayed: its few
+hundred small kernels start with one call instead of one Python dispatch each, which is where a network
+this small spends its time on a GPU. A graph replays fixed memory, so what changes from step to step is
+written into tensors it reads in place: the batch's image indices and the epoch (which keys the addends
+and the augmentation). The optimiser's step stays outside the graph: the one-cycle schedule changes the
+learning rate and momentum every step, and torch.optim.SGD reads them as Python numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from adder.data import DeviceMNIST
+
+# Eager steps on a side stream before the capture, so that cuDNN and cuBLAS have made their choices and
+# workspaces: a graph cannot capture that set-up.
+WARMUP_STEPS = 3
+
+
+def graph_unavailable(device: torch.device, processes: int, compiled: bool) -> str | None:
+    """Why --cuda_graph cannot apply to this run (the steps then run eagerly), or None if it can."""
+    if device.type != "cuda":
+        return "it needs a CUDA GPU"
+    if processes > 1:
+        return "it is used with one process only (DDP's gradient exchange is not captured)"
+    if compiled:
+        return "torch.compile is on, and its mode reduce-overhead is its own CUDA graphs"
+    return None
+
+
+class TrainStep:
+    """Forward and backward of one batch; the gradients are left in the parameters' .grad for the
+    optimiser. Call set_epoch at the start of each epoch."""
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, data: DeviceMNIST, accelerator: Accelerator, *,
+                 seed: int, augment: dict | None, cuda_graph: bool):
+        self.model, self.loss_fn, self.data, self.accelerator = model, loss_fn, data, accelerator
+        self.seed, self.augment = seed, augment
+        self.epoch = 0
+        self.use_graph = cuda_graph
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if cuda_graph:
+            # The graph's inputs: written before each replay, read in place by the captured kernels.
+            self.graph_epoch = torch.zeros((), dtype=torch.int64, device=data.device)
+            self.graph_index: torch.Tensor | None = None
+            self.graph_loss: torch.Tensor | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.use_graph:
+            self.graph_epoch.fill_(epoch)
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        """The batch's loss (detached; with a graph, a tensor the next step overwrites: use it at once)."""
+        if self.use_graph and self.graph is None:
+            self.capture(index)
+        if self.graph is not None and len(index) == len(self.graph_index):
+            self.graph_index.copy_(index)
+            self.graph.replay()
+            return self.graph_loss
+        # Eager. Once a graph exists, the gradients must stay in the tensors it writes: zeroed, not dropped.
+        self.model.zero_grad(set_to_none=self.graph is None)
+        return self.forward_backward(index, self.epoch)
+
+    def forward_backward(self, index: torch.Tensor, epoch: int | torch.Tensor) -> torch.Tensor:
+        images, addends, digits, sums = self.data.train_batch(index, self.seed, epoch, self.augment)
+        digit_logits, sum_logits = self.model(images.contiguous(memory_format=torch.channels_last), addends)
+        loss = self.loss_fn(digit_logits, sum_logits, digits, sums)
+        self.accelerator.backward(loss)
+        return loss.detach()
+
+    def capture(self, index: torch.Tensor) -> None:
+        """Records the step for batches of len(index) images; other sizes (an epoch's last, shorter batch)
+        run eagerly. The warm-up steps leave no trace: the BatchNorm statistics they moved are put back, and
+        their gradients are dropped before the capture allocates the ones the graph writes."""
+        self.graph_index = index.clone()
+        statistics = [buffer.clone() for buffer in self.model.buffers()]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                self.model.zero_grad(set_to_none=True)
+                self.forward_backward(self.graph_index, self.graph_epoch)
+        torch.cuda.current_stream().wait_stream(side)
+        self.model.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.graph_loss = self.forward_backward(self.graph_index, self.graph_epoch)
+        with torch.no_grad():
+            for buffer, saved in zip(self.model.buffers(), statistics):
+                buffer.copy_(saved)
