@@ -7,7 +7,8 @@ runs/seed_S/ (each training run). Writes to OUT_DIR:
     seeds.json          per seed (the first is the record): the test report's accuracies, the best epoch and its
                         validation joint accuracy, the wall seconds from launch to exit, the steady epoch
                         seconds, the seconds from launch to 99.0 % and 99.5 % validation joint accuracy, the card, and whether evaluate.py reproduced the test report's counts
-                        exactly; mean and std over the seeds
+                        exactly; mean and std over the seeds; and the same for the record's seed with
+                        --cuda_graph (cuda_graph_run)
     two_processes.json  evaluate.py over two processes sharing the GPU against one process: the counts of each
 and the step's outcome into benchmark_gpu.json and benchmark_compile.json (written by the benchmark, or
 holding only the outcome where it wrote none). Prints each step's outcome.
@@ -40,10 +41,12 @@ def printed_json(work: Path, name: str) -> dict | None:
     return None
 
 
-def seed_row(work: Path, seed: int) -> dict:
-    train, evaluation = step(work, f"train_seed_{seed}"), step(work, f"evaluate_seed_{seed}")
-    facts = run_facts(work / "runs" / f"seed_{seed}", launched_at=train.get("started_at"))
-    evaluated = printed_json(work, f"evaluate_seed_{seed}")
+def seed_row(work: Path, seed: int, run: str | None = None) -> dict:
+    """The run runs/RUN (default seed_S), trained by step train_RUN and checked by step evaluate_RUN."""
+    run = run or f"seed_{seed}"
+    train, evaluation = step(work, f"train_{run}"), step(work, f"evaluate_{run}")
+    facts = run_facts(work / "runs" / run, launched_at=train.get("started_at"))
+    evaluated = printed_json(work, f"evaluate_{run}")
     return {
         "seed": seed,
         "outcome": train["outcome"],
@@ -61,8 +64,9 @@ def main() -> int:
     work, out, seeds = Path(sys.argv[1]), Path(sys.argv[2]), [int(seed) for seed in sys.argv[3:]]
 
     rows = [seed_row(work, seed) for seed in seeds]
-    (out / "seeds.json").write_text(json.dumps({"record_seed": seeds[0], "runs": rows, "over_seeds": spread(rows)},
-                                               indent=2))
+    graph_row = seed_row(work, seeds[0], f"graph_seed_{seeds[0]}")
+    (out / "seeds.json").write_text(json.dumps({"record_seed": seeds[0], "runs": rows, "over_seeds": spread(rows),
+                                                "cuda_graph_run": graph_row}, indent=2))
 
     one, two = counts(printed_json(work, f"evaluate_seed_{seeds[0]}")), counts(printed_json(work, "two_processes"))
     (out / "two_processes.json").write_text(json.dumps({
