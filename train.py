@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import AutocastKwargs, broadcast, broadcast_object_list, set_seed
+from accelerate.utils import broadcast, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from adder.checkpoint import atomic_write_text, load_model, save_checkpoint
@@ -306,8 +306,6 @@ def main(argv=None) -> int:
         log_with="wandb" if config.report_to == "wandb" else None,
         project_dir=str(folder.root),
         step_scheduler_with_optimizer=False,  # the schedule counts this process's steps itself
-        # A CUDA graph cannot keep autocast's cache of cast weights between its capture and its replays.
-        kwargs_handlers=[AutocastKwargs(cache_enabled=False)] if config.cuda_graph else None,
     )
     try:
         if accelerator.is_main_process:

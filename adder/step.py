@@ -48,11 +48,16 @@ class TrainStep:
             self.graph_epoch = torch.zeros((), dtype=torch.int64, device=data.device)
             self.graph_index: torch.Tensor | None = None
             self.graph_loss: torch.Tensor | None = None
+            self.graph_grads: list[torch.Tensor] = []  # the parameters' .grad, which the graph writes
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if self.use_graph:
             self.graph_epoch.fill_(epoch)
+        grads = [p.grad for p in self.model.parameters()]
+        if self.graph is not None and any(now is not graphs for now, graphs in zip(grads, self.graph_grads)):
+            # A zero_grad(set_to_none=True) elsewhere would leave the replays writing gradients nobody reads.
+            raise RuntimeError("the parameters' .grad are no longer the tensors the CUDA graph writes")
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         """The batch's loss (detached; with a graph, a tensor the next step overwrites: use it at once)."""
@@ -71,6 +76,7 @@ class TrainStep:
         digit_logits, sum_logits = self.model(images.contiguous(memory_format=torch.channels_last), addends)
         loss = self.loss_fn(digit_logits, sum_logits, digits, sums)
         self.accelerator.backward(loss)
+        # Detached: no autograd graph of a warm-up step outlives it into the capture.
         return loss.detach()
 
     def capture(self, index: torch.Tensor) -> None:
@@ -79,17 +85,21 @@ class TrainStep:
         their gradients are dropped before the capture allocates the ones the graph writes."""
         self.graph_index = index.clone()
         statistics = [buffer.clone() for buffer in self.model.buffers()]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                self.model.zero_grad(set_to_none=True)
-                self.forward_backward(self.graph_index, self.graph_epoch)
-        torch.cuda.current_stream().wait_stream(side)
-        self.model.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.graph_loss = self.forward_backward(self.graph_index, self.graph_epoch)
-        with torch.no_grad():
-            for buffer, saved in zip(self.model.buffers(), statistics):
-                buffer.copy_(saved)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    self.model.zero_grad(set_to_none=True)
+                    self.forward_backward(self.graph_index, self.graph_epoch)
+            torch.cuda.current_stream().wait_stream(side)
+            self.model.zero_grad(set_to_none=True)  # the captured backward allocates the gradients it writes
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.graph_loss = self.forward_backward(self.graph_index, self.graph_epoch)
+        finally:
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), statistics):
+                    buffer.copy_(saved)
+        self.graph = graph
+        self.graph_grads = [p.grad for p in self.model.parameters()]

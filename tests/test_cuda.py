@@ -70,13 +70,17 @@ def test_a_step_replayed_from_a_cuda_graph_trains_as_the_eager_step_does(tiny_mn
 
 
 def test_train_py_with_a_cuda_graph_in_bf16_trains_as_without(tiny_mnist, tmp_path):
-    reports = {}
+    runs = {}
     for name, flags in (("eager", []), ("graph", ["--cuda_graph"])):
         run_cli(["train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(tmp_path / name), "--epochs", "2",
                  "--mixed_precision", "bf16", "--val_size", "100", "--batch_size", "32", "--report_to", "none",
                  *flags, *TINY_MODEL])
-        reports[name] = json.loads((tmp_path / name / "logs" / "test_metrics.json").read_text())
+        logs = tmp_path / name / "logs"
+        runs[name] = (json.loads((logs / "metrics.jsonl").read_text().splitlines()[0]),
+                      json.loads((logs / "test_metrics.json").read_text()))
     assert "captured in a CUDA graph" in (tmp_path / "graph" / "logs" / "console.log").read_text()
-    # The same kernels in the same order; only cuDNN's non-deterministic reductions may tell them apart.
-    assert reports["graph"]["pairs"] == 510
-    assert abs(reports["graph"]["joint_acc"] - reports["eager"]["joint_acc"]) <= 0.02
+    # The same kernels in the same order: only cuDNN's non-deterministic reductions may tell them apart, and
+    # choosing best.pt out of two epochs of a tiny run can magnify that, so the bounds are loose.
+    (eager_epoch, eager_test), (graph_epoch, graph_test) = runs["eager"], runs["graph"]
+    assert graph_epoch["train_loss"] == pytest.approx(eager_epoch["train_loss"], rel=1e-2)
+    assert graph_test["pairs"] == 510 and abs(graph_test["joint_acc"] - eager_test["joint_acc"]) <= 0.06
