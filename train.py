@@ -42,7 +42,7 @@ from adder.metrics import report, scalars
 from adder.model import AdderNet, ShiftAveraged, count_parameters
 from adder.optim import build_optimizer
 from adder.plots import read_metrics, run_figures, save_figures
-from adder.step import TrainStep, graph_unavailable
+from adder.step import ForwardBackward, graph_unavailable
 from adder.tracking import Tracking
 from adder.training_state import (ResumeError, is_compiled, load_training_state, resolve_state,
                                   save_training_state)
@@ -209,14 +209,12 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         accelerator.register_for_checkpointing(ema)  # part of the training state, so a resumed run is identical
     eval_model = raw_model if ema is None else ema.module  # evaluation runs per process, outside DDP
 
-    # The step's forward and backward, eager or replayed from a CUDA graph (--cuda_graph, adder/step.py).
+    # The step's forward and backward: eager, or replayed from a CUDA graph (--cuda_graph, adder/step.py).
     why_not = graph_unavailable(device, world_size, is_compiled(accelerator)) if config.cuda_graph else None
-    if why_not:
-        log.info(f"--cuda_graph: off, {why_not}")
-    elif config.cuda_graph:
-        log.info("--cuda_graph: the training step is captured in a CUDA graph at its first full batch and replayed")
-    train_step = TrainStep(model, loss_fn, train_set, accelerator, seed=config.seed, augment=config.augment,
-                           cuda_graph=config.cuda_graph and why_not is None)
+    if config.cuda_graph:
+        log.info(f"--cuda_graph: {f'off, {why_not}' if why_not else 'the step is captured at the first batch'}")
+    forward_backward = ForwardBackward(model, loss_fn, train_set, accelerator.backward, seed=config.seed,
+                                       augment=config.augment, cuda_graph=config.cuda_graph and not why_not)
 
     tracking = Tracking.start(accelerator, config.to_dict(), logs_dir=folder.logs, run_name=config.run_name,
                               log_model=not config.no_log_model)
@@ -230,11 +228,10 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         model.train()
         epoch_start = time.perf_counter()
         batches = train_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size, device)
-        train_step.set_epoch(epoch)
         window_loss, epoch_loss = torch.zeros((), device=device), torch.zeros((), device=device)
         for step, index in enumerate(tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                                           disable=not accelerator.is_local_main_process), start=1):
-            loss = train_step(index)  # forward and backward; the gradients are in the parameters' .grad
+            loss = forward_backward(index, epoch)  # the gradients are left in the parameters' .grad
             optimizer.step()
             scheduler.step()
             if ema is not None:
@@ -269,10 +266,10 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         accelerator.log({f"val/{k}": v for k, v in scalars(val).items()} | {"epoch": epoch}, step=global_step)
         safe = still_safe(best["epoch"], saved_epoch=epoch - 1)
         if accelerator.is_main_process:
-            # unix_time, when the epoch's validation ended, times the run to an accuracy from its launch.
+            # validated_at (Unix seconds) times the run to each accuracy from its launch (benchmarks/).
             epoch_rows.append({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
                                "train_loss": train_loss, "train_seconds": train_seconds,
-                               "unix_time": round(time.time(), 3)}
+                               "validated_at": round(time.time(), 3)}
                               | {f"val_{k}": v for k, v in scalars(val).items()})
             with saving(folder.metrics, safe):
                 atomic_write_text(folder.metrics, "".join(json.dumps(row) + "\n" for row in epoch_rows))

@@ -1,6 +1,6 @@
 """A training step's forward and backward: the batch made on the device, the loss, the gradients.
 
-With --cuda_graph on a CUDA GPU, the step is captured once in a CUDA graph and then replayed: its few
+With --cuda_graph on a CUDA GPU, they are captured once in a CUDA graph and then replayed: the step's few
 hundred small kernels start with one call instead of one Python dispatch each, which is where a network
 this small spends its time on a GPU. A graph replays fixed memory, so what changes from step to step is
 written into tensors it reads in place: the batch's image indices and the epoch (which keys the addends
@@ -10,8 +10,9 @@ learning rate and momentum every step, and torch.optim.SGD reads them as Python 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from accelerate import Accelerator
 from torch import nn
 
 from adder.data import DeviceMNIST
@@ -32,58 +33,55 @@ def graph_unavailable(device: torch.device, processes: int, compiled: bool) -> s
     return None
 
 
-class TrainStep:
-    """Forward and backward of one batch; the gradients are left in the parameters' .grad for the
-    optimiser. Call set_epoch at the start of each epoch."""
+class ForwardBackward:
+    """Forward and backward of one batch, leaving the gradients in the parameters' .grad for the optimiser.
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, data: DeviceMNIST, accelerator: Accelerator, *,
+    `backward` is accelerator.backward (loss scaling, gradient accumulation); with `cuda_graph`, the batches
+    of the first call's size are replayed from a CUDA graph and other sizes (an epoch's last, shorter batch)
+    run eagerly, writing their gradients into the graph's tensors.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, data: DeviceMNIST, backward: Callable, *,
                  seed: int, augment: dict | None, cuda_graph: bool):
-        self.model, self.loss_fn, self.data, self.accelerator = model, loss_fn, data, accelerator
+        self.model, self.loss_fn, self.data, self.backward = model, loss_fn, data, backward
         self.seed, self.augment = seed, augment
-        self.epoch = 0
-        self.use_graph = cuda_graph
+        self.cuda_graph = cuda_graph
         self.graph: torch.cuda.CUDAGraph | None = None
-        if cuda_graph:
-            # The graph's inputs: written before each replay, read in place by the captured kernels.
-            self.graph_epoch = torch.zeros((), dtype=torch.int64, device=data.device)
-            self.graph_index: torch.Tensor | None = None
-            self.graph_loss: torch.Tensor | None = None
-            self.graph_grads: list[torch.Tensor] = []  # the parameters' .grad, which the graph writes
+        # The graph's inputs, written before a replay and read in place by it; its loss, which each replay
+        # overwrites; and the parameters' gradients, which it writes.
+        self.graph_index: torch.Tensor | None = None
+        self.graph_epoch = torch.zeros((), dtype=torch.int64, device=data.device) if cuda_graph else None
+        self.graph_loss: torch.Tensor | None = None
+        self.graph_grads: list[torch.Tensor] = []
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if self.use_graph:
-            self.graph_epoch.fill_(epoch)
-        grads = [p.grad for p in self.model.parameters()]
-        if self.graph is not None and any(now is not graphs for now, graphs in zip(grads, self.graph_grads)):
-            # A zero_grad(set_to_none=True) elsewhere would leave the replays writing gradients nobody reads.
-            raise RuntimeError("the parameters' .grad are no longer the tensors the CUDA graph writes")
-
-    def __call__(self, index: torch.Tensor) -> torch.Tensor:
-        """The batch's loss (detached; with a graph, a tensor the next step overwrites: use it at once)."""
-        if self.use_graph and self.graph is None:
-            self.capture(index)
+    def __call__(self, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The batch's loss, detached; from a graph, a tensor the next step overwrites: use it at once."""
+        if self.cuda_graph and self.graph is None:
+            self.capture(index, epoch)
         if self.graph is not None and len(index) == len(self.graph_index):
+            self.check_gradients()
             self.graph_index.copy_(index)
+            self.graph_epoch.fill_(epoch)
             self.graph.replay()
             return self.graph_loss
         # Eager. Once a graph exists, the gradients must stay in the tensors it writes: zeroed, not dropped.
         self.model.zero_grad(set_to_none=self.graph is None)
-        return self.forward_backward(index, self.epoch)
+        return self.forward_backward(index, epoch)
 
     def forward_backward(self, index: torch.Tensor, epoch: int | torch.Tensor) -> torch.Tensor:
         images, addends, digits, sums = self.data.train_batch(index, self.seed, epoch, self.augment)
         digit_logits, sum_logits = self.model(images.contiguous(memory_format=torch.channels_last), addends)
         loss = self.loss_fn(digit_logits, sum_logits, digits, sums)
-        self.accelerator.backward(loss)
+        self.backward(loss)
         # Detached: no autograd graph of a warm-up step outlives it into the capture.
         return loss.detach()
 
-    def capture(self, index: torch.Tensor) -> None:
-        """Records the step for batches of len(index) images; other sizes (an epoch's last, shorter batch)
-        run eagerly. The warm-up steps leave no trace: the BatchNorm statistics they moved are put back, and
-        their gradients are dropped before the capture allocates the ones the graph writes."""
+    def capture(self, index: torch.Tensor, epoch: int) -> None:
+        """Records the step for batches of len(index) images. The warm-up steps leave no trace: the
+        BatchNorm statistics they moved are put back, and their gradients are dropped before the capture
+        allocates the ones the graph writes."""
         self.graph_index = index.clone()
+        self.graph_epoch.fill_(epoch)
         statistics = [buffer.clone() for buffer in self.model.buffers()]
         try:
             side = torch.cuda.Stream()
@@ -103,3 +101,8 @@ class TrainStep:
                     buffer.copy_(saved)
         self.graph = graph
         self.graph_grads = [p.grad for p in self.model.parameters()]
+
+    def check_gradients(self) -> None:
+        """A zero_grad(set_to_none=True) elsewhere would leave the replays writing gradients nobody reads."""
+        if any(p.grad is not grad for p, grad in zip(self.model.parameters(), self.graph_grads)):
+            raise RuntimeError("the parameters' .grad are no longer the tensors the CUDA graph writes")

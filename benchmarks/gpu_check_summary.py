@@ -2,13 +2,13 @@
 
     python3 benchmarks/gpu_check_summary.py WORK_DIR OUT_DIR SEED [SEED...]
 
-WORK_DIR holds steps/NAME.json (each step's outcome, seconds and Unix start time), steps/NAME.txt (what it printed) and
-runs/seed_S/ (each training run). Writes to OUT_DIR:
+WORK_DIR holds steps/NAME.json (each step's outcome, seconds and Unix start time), steps/NAME.txt (what it
+printed) and runs/RUN/ (each training run). Writes to OUT_DIR:
     seeds.json          per seed (the first is the record): the test report's accuracies, the best epoch and its
                         validation joint accuracy, the wall seconds from launch to exit, the steady epoch
-                        seconds, the seconds from launch to 99.0 % and 99.5 % validation joint accuracy, the card, and whether evaluate.py reproduced the test report's counts
-                        exactly; mean and std over the seeds; and the same for the record's seed with
-                        --cuda_graph (cuda_graph_run)
+                        seconds, the seconds from launch to 99.0 % and 99.5 % validation joint accuracy, the
+                        card, and whether evaluate.py reproduced the test report's counts exactly; mean and std
+                        over the seeds; and the same for the record's seed with --cuda_graph (cuda_graph_run)
     two_processes.json  evaluate.py over two processes sharing the GPU against one process: the counts of each
 and the step's outcome into benchmark_gpu.json and benchmark_compile.json (written by the benchmark, or
 holding only the outcome where it wrote none). Prints each step's outcome.
@@ -54,7 +54,8 @@ def seed_row(work: Path, seed: int, run: str | None = None) -> dict:
         **facts,
         "evaluate_outcome": evaluation["outcome"],
         "evaluate_counts": counts(evaluated),
-        "evaluate_reproduced": counts(evaluated) == facts["test_counts"] if facts["test_counts"] and evaluated else None,
+        "evaluate_reproduced": (counts(evaluated) == facts["test_counts"]
+                                if facts["test_counts"] and evaluated else None),
     }
 
 

@@ -14,7 +14,7 @@ MILESTONES = (0.99, 0.995)
 
 
 def to_accuracy_column(milestone: float) -> str:
-    return f"seconds_to_val_joint_{milestone * 100:g}"  # seconds_to_val_joint_99.5
+    return f"seconds_to_val_joint_{milestone * 100:.1f}".replace(".", "_")  # seconds_to_val_joint_99_5
 
 
 def read_json(path: Path) -> dict | None:
@@ -37,11 +37,12 @@ def device_line(console_log: Path) -> str | None:
 
 def seconds_to(epochs: list[dict], milestone: float, launched_at: float | None) -> float | None:
     """Seconds from the launch to the end of the first validation at or above the milestone; None if the run
-    never reached it, or if its launch time or its epochs' times (metrics.jsonl before unix_time) are unknown."""
+    never reached it, if the launch time or the epoch's time is unknown, or if the epoch was validated
+    before this launch (a resumed run keeps the rows of the epochs it did not redo)."""
     reached = next((row for row in epochs if row["val_joint_acc"] >= milestone), None)
-    if launched_at is None or reached is None or "unix_time" not in reached:
+    if launched_at is None or reached is None or reached.get("validated_at", -1) < launched_at:
         return None
-    return round(reached["unix_time"] - launched_at, 3)
+    return round(reached["validated_at"] - launched_at, 3)
 
 
 def run_facts(run: Path, launched_at: float | None = None) -> dict:
@@ -77,7 +78,7 @@ def mean_std(values: list[float]) -> dict:
 def spread(rows: list[dict]) -> dict:
     """Mean and sample standard deviation over the seeds that finished: of each test accuracy, of the
     validation joint accuracy that chose each model and of the wall time; and of the time to each milestone
-    over the seeds that reached it, with their number."""
+    if every seed reached it, with the number that did."""
     done = [row for row in rows if row["test_joint_acc"] is not None]
     if not done:
         return {}
@@ -85,6 +86,7 @@ def spread(rows: list[dict]) -> dict:
     for column in [f"test_{name}" for name in ACCURACIES] + ["val_joint_acc", "wall_s"]:
         summary[column] = mean_std([row[column] for row in done])
     for column in map(to_accuracy_column, MILESTONES):
-        times = [row[column] for row in done if row.get(column) is not None]
-        summary[column] = mean_std(times) | {"reached": len(times)}
+        # Over every seed or none: a mean over the seeds that got there would leave out the slow ones.
+        times = [row[column] for row in done if row[column] is not None]
+        summary[column] = (mean_std(times) if len(times) == len(done) else mean_std([])) | {"reached": len(times)}
     return summary

@@ -8,9 +8,10 @@ its own process, with --seed S --output_dir OUT/seed_S --report_to none and the 
 OUT/seeds.json then holds, per seed, the best epoch and its validation joint accuracy (the number that
 chose the model), that model's test accuracies, the wall seconds from launch to exit, the steady epoch
 seconds and the time to accuracy: seconds from launch until validation joint accuracy first reached 99.0 %
-and 99.5 % (None if it never did). Over the seeds: the mean and sample standard deviation of each. Choose
-a recipe by its validation mean; its test mean is the confirmation (docs/experiments.md). A seed whose run fails is tabled as failed
-and the others still run; the exit status is then 1.
+and 99.5 % (None if it never did). Over the seeds: the mean and sample standard deviation of each (of a
+time to accuracy only if every seed reached it). Choose a recipe by its validation mean; its test mean is
+the confirmation (docs/experiments.md). A seed whose run fails is tabled as failed and the others still
+run; the exit status is then 1.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 import copy
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch
 from adder.data import DeviceMNIST, load_mnist, random_warp, train_addends, train_batches
 from adder.loss import AdderLoss
 from adder.model import AdderNet, ModelConfig
-from adder.step import TrainStep
+from adder.step import ForwardBackward
 from conftest import TINY_MODEL, run_cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -48,18 +47,16 @@ def test_a_step_replayed_from_a_cuda_graph_trains_as_the_eager_step_does(tiny_mn
     data = DeviceMNIST(*load_mnist(tiny_mnist, train=True, download=False), device="cuda")
     eager_model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]])).cuda().to(memory_format=torch.channels_last)
     graph_model = copy.deepcopy(eager_model)
-    backward = SimpleNamespace(backward=lambda loss: loss.backward())  # what TrainStep needs of an Accelerator
     runs = []
     for model, cuda_graph in ((eager_model, False), (graph_model, True)):
-        step = TrainStep(model, AdderLoss(label_smoothing=0.1), data, backward, seed=0,
-                         augment={"degrees": 10, "translate": 0.1, "scale": 0.1}, cuda_graph=cuda_graph)
+        step = ForwardBackward(model, AdderLoss(label_smoothing=0.1), data, torch.Tensor.backward, seed=0,
+                               augment={"degrees": 10, "translate": 0.1, "scale": 0.1}, cuda_graph=cuda_graph)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
         losses = []
         for epoch in (1, 2):  # a new epoch: new addends and warps, read by the graph from its epoch tensor
-            step.set_epoch(epoch)
             for index in train_batches(len(data), 64, seed=0, epoch=epoch, rank=0, world_size=1, device="cuda")[:3] \
                     + [torch.arange(40, device="cuda")]:  # a shorter batch, which runs eagerly beside the graph
-                losses.append(step(index).item())
+                losses.append(step(index, epoch).item())
                 optimizer.step()
         runs.append((losses, model.state_dict()))
     (eager_losses, eager_state), (graph_losses, graph_state) = runs
@@ -78,7 +75,8 @@ def test_train_py_with_a_cuda_graph_in_bf16_trains_as_without(tiny_mnist, tmp_pa
         logs = tmp_path / name / "logs"
         runs[name] = (json.loads((logs / "metrics.jsonl").read_text().splitlines()[0]),
                       json.loads((logs / "test_metrics.json").read_text()))
-    assert "captured in a CUDA graph" in (tmp_path / "graph" / "logs" / "console.log").read_text()
+    graph_log = (tmp_path / "graph" / "logs" / "console.log").read_text()
+    assert "--cuda_graph: the step is captured at the first batch" in graph_log
     # The same kernels in the same order: only cuDNN's non-deterministic reductions may tell them apart, and
     # choosing best.pt out of two epochs of a tiny run can magnify that, so the bounds are loose.
     (eager_epoch, eager_test), (graph_epoch, graph_test) = runs["eager"], runs["graph"]

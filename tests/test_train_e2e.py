@@ -71,7 +71,7 @@ def test_two_process_training_writes_a_self_describing_best_pt(two_process_run):
     assert set(ckpt["val_metrics"]) >= {"digit_acc", "sum_acc", "joint_acc", "consistency", "loss"}
     epochs = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
-    assert epochs[0]["unix_time"] < epochs[1]["unix_time"] < epochs[2]["unix_time"]  # the time-to-accuracy clock
+    assert epochs[0]["validated_at"] < epochs[1]["validated_at"] < epochs[2]["validated_at"]  # the time-to-accuracy clock
     assert ckpt["val_metrics"]["joint_acc"] == max(e["val_joint_acc"] for e in epochs)
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["epoch_002", "epoch_003"]  # keep_states=2
     test = json.loads((out / "logs" / "test_metrics.json").read_text())
@@ -161,7 +161,7 @@ def test_resume_from_an_explicit_state_folder(two_process_run, tiny_mnist, tmp_p
                    "--log_every", "3", processes=2)
     assert f"resumed from {state}" in result.stdout
     assert (tmp_path / "run" / "logs" / "test_metrics.json").read_text() == (out / "logs" / "test_metrics.json").read_text()
-    resumed, original = ([{k: v for k, v in json.loads(line).items() if k not in ("train_seconds", "unix_time")}
+    resumed, original = ([{k: v for k, v in json.loads(line).items() if k not in ("train_seconds", "validated_at")}
                           for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
                          for run in (tmp_path / "run", out))
     assert resumed == original

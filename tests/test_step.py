@@ -1,0 +1,42 @@
+"""adder/step.py on the CPU: the eager forward and backward, and when a CUDA graph is not used (the graph
+itself is tests/test_cuda.py's)."""
+
+import copy
+
+import pytest
+import torch
+
+from adder.data import DeviceMNIST, load_mnist
+from adder.loss import AdderLoss
+from adder.model import AdderNet, ModelConfig
+from adder.step import ForwardBackward, graph_unavailable
+
+
+@pytest.mark.parametrize("device, processes, compiled, reason", [
+    ("cuda", 1, False, None),
+    ("cpu", 1, False, "it needs a CUDA GPU"),
+    ("cuda", 2, False, "one process only"),
+    ("cuda", 1, True, "torch.compile is on"),
+])
+def test_a_cuda_graph_is_used_with_one_process_on_a_cuda_gpu_without_torch_compile(device, processes, compiled,
+                                                                                    reason):
+    why_not = graph_unavailable(torch.device(device), processes, compiled)
+    assert why_not is None if reason is None else reason in why_not
+
+
+def test_the_eager_step_leaves_the_gradients_of_the_batch_loss(tiny_mnist):
+    data = DeviceMNIST(*load_mnist(tiny_mnist, train=True, download=False))
+    model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]]))
+    reference = copy.deepcopy(model)
+    loss_fn, index = AdderLoss(label_smoothing=0.1), torch.arange(32)
+    augment = {"degrees": 10, "translate": 0.1, "scale": 0.1}
+    step = ForwardBackward(model, loss_fn, data, torch.Tensor.backward, seed=3, augment=augment, cuda_graph=False)
+    for _ in range(2):  # the second call starts from zero gradients, not from the first call's
+        loss = step(index, epoch=5)
+
+    images, addends, digits, sums = data.train_batch(index, 3, 5, augment)
+    expected = loss_fn(*reference(images, addends), digits, sums)
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach())
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
