@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check in one go, on one CUDA GPU: README's one-GPU command
 # (accelerate launch --config_file accelerate_config.yaml train.py) with seeds 42 (the record behind
-# training_logs/), 1 and 2, each checked by evaluate.py; the throughput benchmark; the CUDA tests; and, if time
-# is left, evaluate.py sharded over two processes on the one GPU against one process, a profile of the
-# training step, the step replayed from a CUDA graph (--cuda_graph) and through torch.compile (with and
-# without CUDA graphs) against eager, and the record's command with --cuda_graph.
+# training_logs/), 1 and 2, and seed 42 again with --cuda_graph, each checked by evaluate.py; the throughput
+# benchmark; the CUDA tests; and, if time is left, evaluate.py sharded over two processes on the one GPU
+# against one process, a profile of the training step, and the step replayed from a CUDA graph
+# (--cuda_graph) and through torch.compile (with and without CUDA graphs) against eager.
 #
 #   bash benchmarks/gpu_check.sh DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]
 #
