@@ -30,6 +30,7 @@ from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, trai
 from adder.loss import AdderLoss  # noqa: E402
 from adder.model import AdderNet  # noqa: E402
 from adder.optim import build_optimizer  # noqa: E402
+from adder.step import ForwardBackward  # noqa: E402
 
 
 def lr_range_test(model, data: DeviceMNIST, config: TrainConfig, *, start_lr=1e-5, end_lr=1.0, steps=300,
@@ -43,17 +44,16 @@ def lr_range_test(model, data: DeviceMNIST, config: TrainConfig, *, start_lr=1e-
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
     loss_fn = AdderLoss(sum_weight=config.sum_weight, label_smoothing=config.label_smoothing)
+    forward_backward = ForwardBackward(model, loss_fn, data, torch.Tensor.backward, seed=config.seed,
+                                       augment=config.augment, cuda_graph=False)
     lrs, losses, smoothed, best = [], [], 0.0, math.inf
-    epoch, seed = 0, config.seed
+    epoch = 0
     while len(lrs) < steps:
         epoch += 1
-        for index in train_batches(len(data), config.batch_size, seed, epoch, rank=0, world_size=1,
+        for index in train_batches(len(data), config.batch_size, config.seed, epoch, rank=0, world_size=1,
                                    device=data.device):
-            images, addends, digits, sums = data.train_batch(index, seed, epoch, config.augment)
-            loss = loss_fn(*model(images.contiguous(memory_format=torch.channels_last), addends), digits, sums)
-            loss.backward()
+            loss = forward_backward(index, epoch)
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             smoothed = smoothing * smoothed + (1 - smoothing) * loss.item()
             value = smoothed / (1 - smoothing ** (len(lrs) + 1))  # bias-corrected running mean
             lrs.append(scheduler.get_last_lr()[0])
