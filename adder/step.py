@@ -47,10 +47,12 @@ class ForwardBackward:
         self.seed, self.augment = seed, augment
         self.cuda_graph = cuda_graph
         self.graph: torch.cuda.CUDAGraph | None = None
-        # The graph's inputs, written before a replay and read in place by it; its loss, which each replay
-        # overwrites; and the parameters' gradients, which it writes.
+        # The graph's inputs, written before a replay and read in place by it (the epoch only when it changes:
+        # graph_epoch_value is what graph_epoch holds); its loss, which each replay overwrites; and the
+        # parameters' gradients, which it writes.
         self.graph_index: torch.Tensor | None = None
         self.graph_epoch = torch.zeros((), dtype=torch.int64, device=data.device) if cuda_graph else None
+        self.graph_epoch_value: int | None = None
         self.graph_loss: torch.Tensor | None = None
         self.graph_grads: list[torch.Tensor] = []
 
@@ -59,9 +61,10 @@ class ForwardBackward:
         if self.cuda_graph and self.graph is None:
             self.capture(index, epoch)
         if self.graph is not None and len(index) == len(self.graph_index):
-            self.check_gradients()
+            if epoch != self.graph_epoch_value:  # once an epoch, off the per-step path
+                self.check_gradients()
+                self.set_graph_epoch(epoch)
             self.graph_index.copy_(index)
-            self.graph_epoch.fill_(epoch)
             self.graph.replay()
             return self.graph_loss
         # Eager. Once a graph exists, the gradients must stay in the tensors it writes: zeroed, not dropped.
@@ -81,7 +84,7 @@ class ForwardBackward:
         BatchNorm statistics they moved are put back, and their gradients are dropped before the capture
         allocates the ones the graph writes."""
         self.graph_index = index.clone()
-        self.graph_epoch.fill_(epoch)
+        self.set_graph_epoch(epoch)
         statistics = [buffer.clone() for buffer in self.model.buffers()]
         try:
             side = torch.cuda.Stream()
@@ -101,6 +104,10 @@ class ForwardBackward:
                     buffer.copy_(saved)
         self.graph = graph
         self.graph_grads = [p.grad for p in self.model.parameters()]
+
+    def set_graph_epoch(self, epoch: int) -> None:
+        self.graph_epoch.fill_(epoch)
+        self.graph_epoch_value = epoch
 
     def check_gradients(self) -> None:
         """A zero_grad(set_to_none=True) elsewhere would leave the replays writing gradients nobody reads."""
