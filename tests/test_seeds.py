@@ -13,12 +13,14 @@ from run_tables import ACCURACIES, seconds_to, spread  # noqa: E402
 
 def test_each_seed_is_tabled_from_its_run_and_summarised(tiny_mnist, tmp_path):
     out = tmp_path / "seeds"
-    result = subprocess.run([sys.executable, "benchmarks/seeds.py", "--seeds", "3", "4", "--out", str(out),
-                             "--data_dir", str(tiny_mnist), "--", "--epochs", "2", "--val_size", "100",
-                             "--batch_size", "100", *TINY_MODEL], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # Two runs at once, as on a GPU: the table keeps the order of --seeds whichever run ends first.
+    result = subprocess.run([sys.executable, "benchmarks/seeds.py", "--seeds", "4", "3", "--jobs", "2",
+                             "--out", str(out), "--data_dir", str(tiny_mnist), "--", "--epochs", "2",
+                             "--val_size", "100", "--batch_size", "100", *TINY_MODEL],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     table = json.loads((out / "seeds.json").read_text())
-    assert [row["seed"] for row in table["runs"]] == [3, 4]
+    assert [row["seed"] for row in table["runs"]] == [4, 3] and table["jobs"] == 2
     for row in table["runs"]:
         run = out / f"seed_{row['seed']}"
         report = json.loads((run / "logs" / "test_metrics.json").read_text())
@@ -28,13 +30,14 @@ def test_each_seed_is_tabled_from_its_run_and_summarised(tiny_mnist, tmp_path):
         # The validation number is the one that chose best.pt: the best epoch's, the highest of the run.
         assert row["val_joint_acc"] == max(epoch["val_joint_acc"] for epoch in epochs)
         assert f"--seed {row['seed']}" in (run / "logs" / "console.log").read_text()
+        assert "training done" in (out / f"seed_{row['seed']}.log").read_text()  # its console, in a file
         assert row["seconds_to_val_joint_99_0"] is None  # the tiny task never gets there
         # The time-to-accuracy clock: the run's epochs end after its launch and before its exit.
         assert all(0 < epoch["validated_at"] - row["launched_at"] < row["wall_s"] for epoch in epochs)
     over = table["over_seeds"]
     joint = [row["test_joint_acc"] for row in table["runs"]]
     assert over["test_joint_acc"] == {"mean": statistics.mean(joint), "std": statistics.stdev(joint)}
-    assert "over seeds [3, 4]: val joint" in result.stdout
+    assert "over seeds [4, 3]: val joint" in result.stdout and "(2 runs at once)" in result.stdout
     assert over["seconds_to_val_joint_99_5"] == {"mean": None, "std": None, "reached": 0}
 
 
