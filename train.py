@@ -226,7 +226,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     run_start = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         model.train()
-        epoch_start = time.perf_counter()
+        epoch_start, started_at = time.perf_counter(), time.time()
         batches = train_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size, device)
         window_loss, epoch_loss = torch.zeros((), device=device), torch.zeros((), device=device)
         for step, index in enumerate(tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
@@ -266,10 +266,11 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         accelerator.log({f"val/{k}": v for k, v in scalars(val).items()} | {"epoch": epoch}, step=global_step)
         safe = still_safe(best["epoch"], saved_epoch=epoch - 1)
         if accelerator.is_main_process:
-            # validated_at (Unix seconds) times the run to each accuracy from its launch (benchmarks/).
+            # started_at and validated_at (Unix seconds) place the epoch between the run's launch and exit:
+            # the time to each accuracy, and the time spent outside the epochs (benchmarks/run_tables.py).
             epoch_rows.append({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
                                "train_loss": train_loss, "train_seconds": train_seconds,
-                               "validated_at": round(time.time(), 3)}
+                               "started_at": round(started_at, 3), "validated_at": round(time.time(), 3)}
                               | {f"val_{k}": v for k, v in scalars(val).items()})
             with saving(folder.metrics, safe):
                 atomic_write_text(folder.metrics, "".join(json.dumps(row) + "\n" for row in epoch_rows))

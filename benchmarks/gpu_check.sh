@@ -18,9 +18,10 @@
 #   record.tar          the seed-42 run as its folder holds it: logs/ (console.log, metrics.jsonl,
 #                       test_metrics.json, the three figures) and best.pt
 #   seeds.json          per seed: test accuracies, best epoch, wall seconds from launch to exit, steady epoch
-#                       seconds, seconds from launch to 99.0 % and 99.5 % validation joint accuracy, the card,
-#                       whether evaluate.py reproduced the test report; mean and std; the same for the record's
-#                       seed trained with --cuda_graph
+#                       seconds, seconds from launch to 99.0 % and 99.5 % validation joint accuracy, seconds
+#                       before the first epoch and after the last validation, the card, whether evaluate.py
+#                       reproduced the test report; mean and std; the same for the record's seed trained with
+#                       --cuda_graph
 #   two_processes.json  evaluate.py over two processes sharing the GPU against one process
 #   benchmark_compile.json  benchmarks/throughput.py: bf16 eager against train.py --cuda_graph and against
 #                       torch.compile, without and with CUDA graphs (mode reduce-overhead), same run, same card

@@ -45,10 +45,21 @@ def seconds_to(epochs: list[dict], milestone: float, launched_at: float | None) 
     return round(reached["validated_at"] - launched_at, 3)
 
 
-def run_facts(run: Path, launched_at: float | None = None) -> dict:
+def outside_the_epochs(epochs: list[dict], launched_at: float | None, exited_at: float | None) -> dict:
+    """Seconds from the launch to the first epoch (imports, device, data, model) and from the last validation
+    to the exit (the last saved state, the test report, the figures), for a run with all its epochs in this
+    launch; None where that is unknown. The rest of the wall time is the epochs and their validation."""
+    if launched_at is None or exited_at is None or not epochs or epochs[0].get("started_at", -1) < launched_at:
+        return {"seconds_before_training": None, "seconds_after_training": None}
+    return {"seconds_before_training": round(epochs[0]["started_at"] - launched_at, 3),
+            "seconds_after_training": round(exited_at - epochs[-1]["validated_at"], 3)}
+
+
+def run_facts(run: Path, launched_at: float | None = None, exited_at: float | None = None) -> dict:
     """What a finished train.py run folder says of itself: the best epoch and its validation joint accuracy
     (what chose the model), the test report of that model, the pace of its epochs, the card it ran on and,
-    given the Unix time it was launched at, the seconds it took to reach each milestone."""
+    given the Unix times it was launched and exited at, the seconds it took to reach each milestone and the
+    seconds it spent before and after its epochs."""
     report = read_json(run / "logs" / "test_metrics.json")
     epochs = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()] \
         if (run / "logs" / "metrics.jsonl").exists() else []
@@ -67,6 +78,7 @@ def run_facts(run: Path, launched_at: float | None = None) -> dict:
         "test_counts": counts(report),
         "launched_at": launched_at,
         **{to_accuracy_column(milestone): seconds_to(epochs, milestone, launched_at) for milestone in MILESTONES},
+        **outside_the_epochs(epochs, launched_at, exited_at),
     }
 
 

@@ -8,11 +8,12 @@ Each seed runs README's quick start, `accelerate launch --config_file accelerate
 its own process, with --seed S --output_dir OUT/seed_S --report_to none and the train.py flags after `--`.
 OUT/seeds.json then holds, per seed, the best epoch and its validation joint accuracy (the number that
 chose the model), that model's test accuracies, the wall seconds from launch to exit, the steady epoch
-seconds and the time to accuracy: seconds from launch until validation joint accuracy first reached 99.0 %
-and 99.5 % (None if it never did). Over the seeds: the mean and sample standard deviation of each (of a
-time to accuracy only if every seed reached it). Choose a recipe by its validation mean; its test mean is
-the confirmation (docs/experiments.md). A seed whose run fails is tabled as failed and the others still
-run; the exit status is then 1.
+seconds, the time to accuracy (seconds from launch until validation joint accuracy first reached 99.0 % and
+99.5 %; None if it never did) and the seconds outside the epochs: before the first (imports, device, data,
+model) and after the last validation (the test report, the figures, the exit). Over the seeds: the mean and
+sample standard deviation of the accuracies and the wall time, and of a time to accuracy if every seed
+reached it. Choose a recipe by its validation mean; its test mean is the confirmation (docs/experiments.md).
+A seed whose run fails is tabled as failed and the others still run; the exit status is then 1.
 
 --jobs N runs N seeds at once, each printing to OUT/seed_S.log instead of the console. It is meant for a GPU,
 which one run of this small network leaves idle most of the time: the runs share the card, so each run's
@@ -78,8 +79,9 @@ def main() -> int:
         with log as output:  # None: the console
             launched_at, start = time.time(), time.perf_counter()
             status = subprocess.run(launch, stdout=output, stderr=output and subprocess.STDOUT).returncode
+        wall_s = time.perf_counter() - start
         return {"seed": seed, "outcome": "ok" if status == 0 else f"failed (exit {status})",
-                "wall_s": round(time.perf_counter() - start, 3)} | run_facts(run, launched_at)
+                "wall_s": round(wall_s, 3)} | run_facts(run, launched_at, exited_at=launched_at + wall_s)
 
     rows = []
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -95,14 +97,16 @@ def main() -> int:
             (args.out / "seeds.json").write_text(json.dumps(table, indent=2))  # after each seed: a cut run keeps them
 
     milestones = [to_accuracy_column(milestone) for milestone in MILESTONES]
+    columns = milestones + ["seconds_before_training", "seconds_after_training"]
     print("\n| seed | best epoch | val joint | test digit | test sum | test joint | consistency | wall s | "
-          + " | ".join(f"s to val joint {milestone:.1%}" for milestone in MILESTONES) + " |")
-    print("|---" * (8 + len(MILESTONES)) + "|")
+          + " | ".join(f"s to val joint {milestone:.1%}" for milestone in MILESTONES) + " | s before epochs | "
+          "s after epochs |")
+    print("|---" * (8 + len(columns)) + "|")
     for row in rows:
         cells = [row["val_joint_acc"]] + [row[f"test_{name}"] for name in ("digit_acc", "sum_acc", "joint_acc",
                                                                            "consistency")]
         shown = " | ".join(percent(value) for value in cells)
-        times = " | ".join("-" if row[column] is None else f"{row[column]:.1f}" for column in milestones)
+        times = " | ".join("-" if row[column] is None else f"{row[column]:.1f}" for column in columns)
         print(f"| {row['seed']} | {row['best_epoch']} | {shown} | {row['wall_s']:.1f} | {times} |")
     over = table["over_seeds"]
     if over:

@@ -8,7 +8,7 @@ import sys
 from conftest import ROOT, TINY_MODEL
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run_tables import ACCURACIES, seconds_to, spread  # noqa: E402
+from run_tables import ACCURACIES, outside_the_epochs, seconds_to, spread  # noqa: E402
 
 
 def test_each_seed_is_tabled_from_its_run_and_summarised(tiny_mnist, tmp_path):
@@ -34,6 +34,10 @@ def test_each_seed_is_tabled_from_its_run_and_summarised(tiny_mnist, tmp_path):
         assert row["seconds_to_val_joint_99_0"] is None  # the tiny task never gets there
         # The time-to-accuracy clock: the run's epochs end after its launch and before its exit.
         assert all(0 < epoch["validated_at"] - row["launched_at"] < row["wall_s"] for epoch in epochs)
+        # Start-up and the final report, and the epochs between them, add up to no more than the wall time.
+        assert row["seconds_before_training"] > 0 and row["seconds_after_training"] > 0
+        assert row["seconds_before_training"] + sum(epoch["train_seconds"] for epoch in epochs) \
+            + row["seconds_after_training"] < row["wall_s"]
     over = table["over_seeds"]
     joint = [row["test_joint_acc"] for row in table["runs"]]
     assert over["test_joint_acc"] == {"mean": statistics.mean(joint), "std": statistics.stdev(joint)}
@@ -49,6 +53,17 @@ def test_time_to_accuracy_counts_from_the_launch_to_the_first_epoch_at_the_miles
     assert seconds_to(epochs, 0.999, launched_at=100.0) is None  # never reached
     assert seconds_to(epochs, 0.99, launched_at=None) is None  # launch time unknown
     assert seconds_to(epochs, 0.99, launched_at=113.0) is None  # reached before a resumed run's launch
+
+
+def test_the_time_outside_the_epochs_is_counted_from_the_launch_and_to_the_exit():
+    epochs = [{"started_at": 104.0, "validated_at": 110.0}, {"started_at": 110.5, "validated_at": 117.25}]
+    assert outside_the_epochs(epochs, launched_at=100.0, exited_at=120.0) == {
+        "seconds_before_training": 4.0, "seconds_after_training": 2.75}
+    unknown = {"seconds_before_training": None, "seconds_after_training": None}
+    assert outside_the_epochs(epochs, launched_at=None, exited_at=120.0) == unknown
+    assert outside_the_epochs(epochs, launched_at=105.0, exited_at=120.0) == unknown  # a resumed run
+    assert outside_the_epochs([{"validated_at": 110.0}], launched_at=100.0, exited_at=120.0) == unknown  # older rows
+    assert outside_the_epochs([], launched_at=100.0, exited_at=120.0) == unknown
 
 
 def test_a_mean_time_to_accuracy_needs_every_seed_to_get_there():

@@ -161,7 +161,7 @@ def test_resume_from_an_explicit_state_folder(two_process_run, tiny_mnist, tmp_p
                    "--log_every", "3", processes=2)
     assert f"resumed from {state}" in result.stdout
     assert (tmp_path / "run" / "logs" / "test_metrics.json").read_text() == (out / "logs" / "test_metrics.json").read_text()
-    resumed, original = ([{k: v for k, v in json.loads(line).items() if k not in ("train_seconds", "validated_at")}
+    resumed, original = ([{k: v for k, v in json.loads(line).items() if k not in ("train_seconds", "started_at", "validated_at")}
                           for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
                          for run in (tmp_path / "run", out))
     assert resumed == original
