@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, broadcast_object_list, set_seed
+from accelerate.utils import broadcast, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
-from adder.checkpoint import atomic_write_text, load_model, save_checkpoint
+from adder.checkpoint import CheckpointError, atomic_write_text, load_model, read_checkpoint, save_checkpoint
 from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches
 from adder.ema import moving_average
@@ -130,22 +130,69 @@ def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, Device
 
 def final_model(folder: RunFolder, accelerator: Accelerator) -> tuple[AdderNet, dict]:
     """best.pt, read by the main process and sent to every rank: other nodes need not share its disk."""
-    payload = [load_model(folder.best) if accelerator.is_main_process else None]
+    payload = [None]
+    if accelerator.is_main_process:
+        try:
+            payload = [load_model(folder.best)]
+        except CheckpointError as err:  # deleted or damaged while the run went on
+            payload = [str(err)]
     broadcast_object_list(payload, from_process=0)
+    if isinstance(payload[0], str):
+        raise RunFailed(payload[0])
     return payload[0]
+
+
+def agreed_state(config: TrainConfig, folder: RunFolder, accelerator: Accelerator) -> Path:
+    """The training state --resume_from_checkpoint names. Each process reads it from its own disk (nodes need
+    not share one), so all must find one, and the same one, or all stop with the first refusal's message."""
+    try:
+        state_dir, refusal = resolve_state(config.resume_from_checkpoint, folder.checkpoints), None
+    except ResumeError as err:
+        state_dir, refusal = None, str(err)
+    found = gather_object([(accelerator.process_index, state_dir and state_dir.name, refusal)])
+    refusals = [message if rank == 0 else f"process {rank}: {message}" for rank, _, message in found if message]
+    if refusals:
+        raise RunFailed(refusals[0])
+    if len({name for _, name, _ in found}) > 1:
+        raise RunFailed("the processes found different training states (" + ", ".join(
+            f"{name} on process {rank}" for rank, name, _ in found) + "): resuming on several nodes needs the same "
+            "checkpoints/ folder on each")
+    return state_dir
+
+
+def best_so_far(folder: RunFolder, accelerator: Accelerator, saved_best: dict) -> dict:
+    """What a resumed run's epochs must beat to replace best.pt: the saved state's best, or best.pt's if higher
+    (a run resumed from an older epoch). A state whose best model is missing cannot resume: the run could
+    not end with its test report."""
+    kept = [None]
+    if accelerator.is_main_process and folder.best.exists():  # only the main process's disk has best.pt
+        try:
+            checkpoint = read_checkpoint(folder.best)
+            kept = [{"epoch": checkpoint["epoch"], "joint_acc": checkpoint["val_metrics"].get("joint_acc", -1.0)}]
+        except CheckpointError as err:
+            kept = [str(err)]
+    broadcast_object_list(kept, from_process=0)
+    if isinstance(kept[0], str):
+        raise RunFailed(kept[0])
+    if kept[0] is None:
+        if saved_best["epoch"]:
+            raise RunFailed(f"the saved state's best model (epoch {saved_best['epoch']}) is not in {folder.best}: "
+                            f"resume in the run's own --output_dir, or copy its best.pt there")
+        return saved_best
+    return max(saved_best, kept[0], key=lambda best: best["joint_acc"])
 
 
 def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log: logging.Logger):
     """(first epoch to run, global step, best validation so far): from the saved training state with
     --resume_from_checkpoint, whose settings that shape the run must be this command's; else a fresh start."""
-    if not config.resume_from_checkpoint:
+    if config.resume_from_checkpoint is None:
         return 1, 0, {"epoch": 0, "joint_acc": -1.0}
+    state_dir = agreed_state(config, folder, accelerator)
     try:
-        state_dir = resolve_state(config.resume_from_checkpoint, folder.checkpoints)
         progress = load_training_state(accelerator, state_dir, config, accelerator.num_processes)
     except ResumeError as err:
         raise RunFailed(str(err)) from err
-    best = progress["best"]
+    best = best_so_far(folder, accelerator, progress["best"])
     log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {progress['global_step']}, "
              f"best val joint {best['joint_acc']:.4%} at epoch {best['epoch']})")
     return progress["epoch"] + 1, progress["global_step"], best
@@ -216,10 +263,9 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     forward_backward = ForwardBackward(model, loss_fn, train_set, accelerator.backward, seed=config.seed,
                                        augment=config.augment, cuda_graph=config.cuda_graph and not why_not)
 
+    start_epoch, global_step, best = resume(config, folder, accelerator, log)
     tracking = Tracking.start(accelerator, config.to_dict(), logs_dir=folder.logs, run_name=config.run_name,
                               log_model=not config.no_log_model)
-
-    start_epoch, global_step, best = resume(config, folder, accelerator, log)
 
     # One row per finished epoch; a resumed run drops the rows of epochs it is about to redo.
     epoch_rows = [r for r in read_metrics(folder.metrics) if r["epoch"] < start_epoch] if folder.metrics.exists() else []

@@ -42,6 +42,13 @@ def unit_fraction(text: str) -> float:
     return value
 
 
+def state_name(text: str) -> str:
+    # An empty value (an unset shell variable) would otherwise read as no flag: a new run over the old one.
+    if not text:
+        raise argparse.ArgumentTypeError("give 'latest' or a checkpoints/epoch_N folder")
+    return text
+
+
 def conv_stage(text: str) -> list[int]:
     """'16,24' -> [16, 24]: the channels of one resolution's convs."""
     return [positive_int(part) for part in text.split(",")]
@@ -98,7 +105,7 @@ class TrainConfig:
     # bookkeeping
     output_dir: str = setting(".", "where best.pt, checkpoints/ and logs/ go")
     resume_from_checkpoint: str | None = setting(None, "continue a run: 'latest' or a checkpoints/epoch_N folder "
-                                                       "(default: a new run)")
+                                                       "(default: a new run)", type=state_name)
     keep_states: int = setting(2, "how many epochs' training states to keep", type=positive_int)
     log_every: int = setting(20, "steps between train-loss logs (each is a host sync)", type=positive_int)
     report_to: str = setting("wandb", "experiment tracker", choices=["wandb", "none"])
@@ -130,7 +137,7 @@ def add_flags(parser: argparse.ArgumentParser, config_class=TrainConfig) -> None
     for f in fields(config_class):
         options = dict(f.metadata)
         default = f.default if f.default is not MISSING else f.default_factory()
-        if f.type == "bool":
+        if isinstance(default, bool):
             parser.add_argument(f"--{f.name}", action="store_true", help=f"{options['help']} (default: off)")
             continue
         if default is not None:  # a None default's help says itself what it stands for

@@ -94,6 +94,14 @@ def test_an_uncompiled_state_does_not_resume_compiled(trained_run):
         check_settings(progress, TrainConfig(**progress["settings"]), processes=1, compiled=True)
 
 
+def test_a_state_resumed_away_from_its_best_pt_is_refused(trained_run, tiny_mnist, tmp_path):
+    # A new folder has no best.pt: the run could never end with its test report, so it does not start.
+    state = trained_run / "checkpoints" / "epoch_002"
+    result = train(tiny_mnist, tmp_path, "--epochs", "2", "--resume_from_checkpoint", str(state), check=False)
+    assert result.returncode != 0 and f"is not in {tmp_path / 'best.pt'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_resume_refuses_another_number_of_processes(trained_run, tiny_mnist):
     result = train(tiny_mnist, trained_run, "--epochs", "2", "--resume_from_checkpoint", "latest", processes=2,
                    check=False)
@@ -144,7 +152,7 @@ def test_a_full_disk_ends_the_run_with_one_line_and_a_resumable_state(tiny_mnist
     assert json.loads((tmp_path / "logs" / "test_metrics.json").read_text())["pairs"] == 510
 
 
-def test_two_nodes_without_a_shared_disk(tiny_mnist, tmp_path):
+def two_nodes(tiny_mnist, tmp_path, *flags) -> list[subprocess.CompletedProcess]:
     """Two launches on this machine as two nodes of one process each, each with its own output folder."""
     port = free_port()
     nodes = []
@@ -153,18 +161,26 @@ def test_two_nodes_without_a_shared_disk(tiny_mnist, tmp_path):
                "--machine_rank", str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
                "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
                "train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(tmp_path / f"node{rank}"), *FAST,
-               "--epochs", "2"]
+               "--epochs", "2", *flags]
         env = os.environ | NO_GPU | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
         nodes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs
+    return [subprocess.CompletedProcess(node.args, node.returncode, output) for node, output in zip(nodes, outputs)]
+
+
+def test_two_nodes_without_a_shared_disk(tiny_mnist, tmp_path):
+    nodes = two_nodes(tiny_mnist, tmp_path)
+    assert [node.returncode for node in nodes] == [0, 0], [node.stdout for node in nodes]
     main, other = tmp_path / "node0", tmp_path / "node1"
     # The final report needed best.pt on every rank: it came from the main node's memory, not from disk.
     assert json.loads((main / "logs" / "test_metrics.json").read_text())["pairs"] == 510
     assert not (other / "best.pt").exists() and not (other / "logs").exists()
-    # Each node names its own part of the training state; resuming from the second node's part alone is
-    # refused with a message that says what is missing.
+    # Each node names its own part of the training state; resuming with the second node's part alone is
+    # refused on both nodes, and the main process says which process found what missing.
     assert sorted(p.name for p in (other / "checkpoints").iterdir()) == ["epoch_001", "epoch_002"]
-    result = train(tiny_mnist, other, "--epochs", "2", "--resume_from_checkpoint", "latest", check=False)
-    assert result.returncode != 0 and "this node holds only part of one" in result.stderr
+    nodes = two_nodes(tiny_mnist, tmp_path, "--resume_from_checkpoint", "latest")
+    # (The launcher adds its own traceback for a process that exits non-zero; train.py adds none.)
+    assert all(node.returncode != 0 and 'train.py", line' not in node.stdout for node in nodes)
+    assert "error: process 1: --resume_from_checkpoint latest: no saved training state" in nodes[0].stdout
+    assert "this node holds only part of one" in nodes[0].stdout

@@ -1,6 +1,7 @@
 """End to end: train.py and evaluate.py run as users run them, on tiny MNIST-format files, on the CPU."""
 
 import json
+import re
 import shutil
 import signal
 import time
@@ -160,6 +161,9 @@ def test_resume_from_an_explicit_state_folder(two_process_run, tiny_mnist, tmp_p
     result = train(tiny_mnist, tmp_path / "run", "--epochs", "3", "--resume_from_checkpoint", str(state),
                    "--log_every", "3", processes=2)
     assert f"resumed from {state}" in result.stdout
+    # The bar the redone epoch must beat is best.pt's, which may be newer than the state it resumes.
+    best_epoch = json.loads((out / "logs" / "test_metrics.json").read_text())["epoch"]
+    assert re.search(rf"best val joint [\d.]+% at epoch {best_epoch}\)", result.stdout), result.stdout
     assert (tmp_path / "run" / "logs" / "test_metrics.json").read_text() == (out / "logs" / "test_metrics.json").read_text()
     resumed, original = ([{k: v for k, v in json.loads(line).items() if k not in ("train_seconds", "started_at", "validated_at")}
                           for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -197,6 +201,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist
     (["--lr", "inf"], "--lr: must be a finite number >= 0"),
     (["--ema_decay", "1"], "--ema_decay: must be in [0, 1)"),
     (["--label_smoothing", "1"], "--label_smoothing: must be in [0, 1)"),
+    (["--resume_from_checkpoint", ""], "--resume_from_checkpoint: give 'latest'"),  # not a new run over the old
 ])
 def test_bad_flags_are_refused_by_the_parser_with_one_line(capsys, args, message):
     # train.py's own parser, in this process: the CLI cases below show what the user sees of it.
