@@ -18,10 +18,10 @@
 #   record.tar          the seed-42 run as its folder holds it: logs/ (console.log, metrics.jsonl,
 #                       test_metrics.json, the three figures) and best.pt
 #   seeds.json          per seed: test accuracies, best epoch, wall seconds from launch to exit, steady epoch
-#                       seconds, seconds from launch to 99.0 % and 99.5 % validation joint accuracy, seconds
-#                       before the first epoch and after the last validation, the card, whether evaluate.py
-#                       reproduced the test report; mean and std; the same for the record's seed trained with
-#                       --cuda_graph
+#                       training seconds, seconds from launch to 99.0 % and 99.5 % validation joint accuracy,
+#                       seconds before the first epoch and after the last validation, the card, whether
+#                       evaluate.py reproduced the test report; mean and std; the same for the record's seed
+#                       trained with --cuda_graph
 #   two_processes.json  evaluate.py over two processes sharing the GPU against one process
 #   benchmark_compile.json  benchmarks/throughput.py: bf16 eager against train.py --cuda_graph and against
 #                       torch.compile, without and with CUDA graphs (mode reduce-overhead), same run, same card
@@ -87,7 +87,7 @@ log=$out/check.log
 say() { printf '[%s +%ds] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*" | tee -a "$log"; }
 
 # run_step NAME BUDGET COMMAND...: runs COMMAND, cut off after BUDGET seconds or at the deadline. What it
-# printed (progress bars dropped) goes to check.log and steps/NAME.txt, its outcome, seconds and start to
+# printed (progress bars dropped) goes to check.log and steps/NAME.txt, its outcome, seconds and launch time to
 # steps/NAME.json. Its output goes to a file, not a pipe, so that a process it leaves behind when cut off
 # cannot hold the check up.
 run_step() {
@@ -115,8 +115,8 @@ run_step() {
     fi
     local ms=$(( ($(date +%s%N) - start) / 1000000 ))
     local seconds=$(( ms / 1000 )).$(printf %03d $(( ms % 1000 )))
-    local started_at=$(( start / 1000000000 )).$(printf %09d $(( start % 1000000000 )))  # Unix time
-    printf '{"outcome": "%s", "seconds": %s, "started_at": %s}\n' "$outcome" "$seconds" "$started_at" \
+    local launched_at=$(( start / 1000000000 )).$(printf %09d $(( start % 1000000000 )))  # Unix time
+    printf '{"outcome": "%s", "seconds": %s, "launched_at": %s}\n' "$outcome" "$seconds" "$launched_at" \
         > "$work/steps/$name.json"
     say "$name: $outcome, $seconds s"
 }

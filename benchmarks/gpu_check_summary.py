@@ -2,17 +2,18 @@
 
     python3 benchmarks/gpu_check_summary.py WORK_DIR OUT_DIR SEED [SEED...]
 
-WORK_DIR holds steps/NAME.json (each step's outcome, seconds and Unix start time), steps/NAME.txt (what it
-printed) and runs/RUN/ (each training run). Writes to OUT_DIR:
+WORK_DIR holds steps/NAME.json (each step's outcome, seconds, and launch in Unix time), steps/NAME.txt (what
+it printed) and runs/RUN/ (each training run). Writes to OUT_DIR:
     seeds.json          per seed (the first is the record): the test report's accuracies, the best epoch and its
-                        validation joint accuracy, the wall seconds from launch to exit, the steady epoch
-                        seconds, the seconds from launch to 99.0 % and 99.5 % validation joint accuracy, the
-                        seconds before the first epoch and after the last validation, the card, and whether
-                        evaluate.py reproduced the test report's counts exactly; mean and std over the seeds;
-                        and the same for the record's seed with --cuda_graph (cuda_graph_run)
-    two_processes.json  evaluate.py over two processes sharing the GPU against one process: the counts of each
-and the step's outcome into benchmark_gpu.json and benchmark_compile.json (written by the benchmark, or
-holding only the outcome where it wrote none). Prints each step's outcome.
+                        validation joint accuracy, the wall seconds from launch to exit, the steady epoch's
+                        training seconds, the seconds from launch to 99.0 % and 99.5 % validation joint
+                        accuracy, the seconds before the first epoch and after the last validation, the card,
+                        and whether evaluate.py reproduced the test report's counts exactly; mean and std over
+                        the seeds; and the same for the record's seed with --cuda_graph (cuda_graph_run)
+    two_processes.json  evaluate.py over two processes sharing the GPU against one process: the counts of each,
+                        and whether they are identical
+and adds each benchmark step's outcome to benchmark_gpu.json and benchmark_compile.json (written by the
+benchmark; holding only the outcome where it wrote none). Prints each step's outcome.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def seed_row(work: Path, seed: int, run: str | None = None) -> dict:
     """The run runs/RUN (default seed_S), trained by step train_RUN and checked by step evaluate_RUN."""
     run = run or f"seed_{seed}"
     train, evaluation = step(work, f"train_{run}"), step(work, f"evaluate_{run}")
-    launched_at = train.get("started_at")
+    launched_at = train.get("launched_at")
     exited_at = launched_at + train["seconds"] if launched_at is not None else None
     facts = run_facts(work / "runs" / run, launched_at, exited_at)
     evaluated = printed_json(work, f"evaluate_{run}")

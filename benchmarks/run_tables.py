@@ -13,7 +13,7 @@ ACCURACIES = ("digit_acc", "sum_acc", "joint_acc", "consistency")
 MILESTONES = (0.99, 0.995)
 
 
-def to_accuracy_column(milestone: float) -> str:
+def seconds_to_column(milestone: float) -> str:
     return f"seconds_to_val_joint_{milestone * 100:.1f}".replace(".", "_")  # seconds_to_val_joint_99_5
 
 
@@ -50,9 +50,9 @@ def outside_the_epochs(epochs: list[dict], launched_at: float | None, exited_at:
     to the exit (the last saved state, the test report, the figures), for a run with all its epochs in this
     launch; None where that is unknown. The rest of the wall time is the epochs and their validation."""
     if launched_at is None or exited_at is None or not epochs or epochs[0].get("started_at", -1) < launched_at:
-        return {"seconds_before_training": None, "seconds_after_training": None}
-    return {"seconds_before_training": round(epochs[0]["started_at"] - launched_at, 3),
-            "seconds_after_training": round(exited_at - epochs[-1]["validated_at"], 3)}
+        return {"seconds_before_first_epoch": None, "seconds_after_last_validation": None}
+    return {"seconds_before_first_epoch": round(epochs[0]["started_at"] - launched_at, 3),
+            "seconds_after_last_validation": round(exited_at - epochs[-1]["validated_at"], 3)}
 
 
 def run_facts(run: Path, launched_at: float | None = None, exited_at: float | None = None) -> dict:
@@ -77,7 +77,7 @@ def run_facts(run: Path, launched_at: float | None = None, exited_at: float | No
         **{f"test_{name}": report[name] if report else None for name in ACCURACIES},
         "test_counts": counts(report),
         "launched_at": launched_at,
-        **{to_accuracy_column(milestone): seconds_to(epochs, milestone, launched_at) for milestone in MILESTONES},
+        **{seconds_to_column(milestone): seconds_to(epochs, milestone, launched_at) for milestone in MILESTONES},
         **outside_the_epochs(epochs, launched_at, exited_at),
     }
 
@@ -97,7 +97,7 @@ def spread(rows: list[dict]) -> dict:
     summary = {"seeds": [row["seed"] for row in done]}
     for column in [f"test_{name}" for name in ACCURACIES] + ["val_joint_acc", "wall_s"]:
         summary[column] = mean_std([row[column] for row in done])
-    for column in map(to_accuracy_column, MILESTONES):
+    for column in map(seconds_to_column, MILESTONES):
         # Over every seed or none: a mean over the seeds that got there would leave out the slow ones.
         times = [row[column] for row in done if row[column] is not None]
         summary[column] = (mean_std(times) if len(times) == len(done) else mean_std([])) | {"reached": len(times)}

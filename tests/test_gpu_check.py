@@ -76,7 +76,7 @@ def test_every_seed_is_tabled_and_reproduced_by_evaluate(smoke):
     with tarfile.open(smoke / "record.tar") as tar:
         epochs = [json.loads(line) for line in tar.extractfile("logs/metrics.jsonl").read().splitlines()]
     assert all(0 < epoch["validated_at"] - record["launched_at"] < record["wall_s"] for epoch in epochs)
-    outside = record["seconds_before_training"] + record["seconds_after_training"]
+    outside = record["seconds_before_first_epoch"] + record["seconds_after_last_validation"]
     assert 0 < outside < record["wall_s"] - sum(epoch["train_seconds"] for epoch in epochs)
     assert record["seconds_to_val_joint_99_0"] is None  # the tiny task never gets there
     graph = table["cuda_graph_run"]  # on the CPU the eager step, with a note: the same run as the record's

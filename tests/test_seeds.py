@@ -35,9 +35,9 @@ def test_each_seed_is_tabled_from_its_run_and_summarised(tiny_mnist, tmp_path):
         # The time-to-accuracy clock: the run's epochs end after its launch and before its exit.
         assert all(0 < epoch["validated_at"] - row["launched_at"] < row["wall_s"] for epoch in epochs)
         # Start-up and the final report, and the epochs between them, add up to no more than the wall time.
-        assert row["seconds_before_training"] > 0 and row["seconds_after_training"] > 0
-        assert row["seconds_before_training"] + sum(epoch["train_seconds"] for epoch in epochs) \
-            + row["seconds_after_training"] < row["wall_s"]
+        assert row["seconds_before_first_epoch"] > 0 and row["seconds_after_last_validation"] > 0
+        assert row["seconds_before_first_epoch"] + sum(epoch["train_seconds"] for epoch in epochs) \
+            + row["seconds_after_last_validation"] < row["wall_s"]
     over = table["over_seeds"]
     joint = [row["test_joint_acc"] for row in table["runs"]]
     assert over["test_joint_acc"] == {"mean": statistics.mean(joint), "std": statistics.stdev(joint)}
@@ -58,8 +58,8 @@ def test_time_to_accuracy_counts_from_the_launch_to_the_first_epoch_at_the_miles
 def test_the_time_outside_the_epochs_is_counted_from_the_launch_and_to_the_exit():
     epochs = [{"started_at": 104.0, "validated_at": 110.0}, {"started_at": 110.5, "validated_at": 117.25}]
     assert outside_the_epochs(epochs, launched_at=100.0, exited_at=120.0) == {
-        "seconds_before_training": 4.0, "seconds_after_training": 2.75}
-    unknown = {"seconds_before_training": None, "seconds_after_training": None}
+        "seconds_before_first_epoch": 4.0, "seconds_after_last_validation": 2.75}
+    unknown = {"seconds_before_first_epoch": None, "seconds_after_last_validation": None}
     assert outside_the_epochs(epochs, launched_at=None, exited_at=120.0) == unknown
     assert outside_the_epochs(epochs, launched_at=105.0, exited_at=120.0) == unknown  # a resumed run
     assert outside_the_epochs([{"validated_at": 110.0}], launched_at=100.0, exited_at=120.0) == unknown  # older rows
@@ -81,3 +81,9 @@ def test_a_folder_that_holds_runs_is_refused(tmp_path):
     result = subprocess.run([sys.executable, "benchmarks/seeds.py", "--seeds", "1", "--out", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "is not empty" in result.stderr.splitlines()[-1]
+
+
+def test_a_seed_given_twice_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/seeds.py", "--seeds", "1", "2", "1", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--seeds: each seed once" in result.stderr.splitlines()[-1]
