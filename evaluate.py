@@ -3,7 +3,7 @@ or ask it about pictures of your own digits.
 
     python evaluate.py --ckpt best.pt                      # results table
     python evaluate.py --ckpt best.pt --json               # the same as JSON
-    python evaluate.py --ckpt best.pt --tta                # predictions averaged over 1-pixel shifts
+    python evaluate.py --ckpt best.pt --tta                # CNN features averaged over 1-pixel shifts
     accelerate launch evaluate.py --ckpt best.pt           # sharded over the launched processes, same numbers
     python evaluate.py --ckpt best.pt --image my_digit.png --addend 7   # your digit, plus 7
     python evaluate.py --ckpt best.pt --image drawings/                 # each picture there, all ten sums
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even if a GPU is present")
     p.add_argument("--tta", action="store_true",
-                   help="average the predictions over the image and its four 1-pixel shifts (5x the compute)")
+                   help="report on the CNN features averaged over the image and its four 1-pixel shifts (5x the compute)")
     p.add_argument("--image", nargs="+", metavar="PATH",
                    help="pictures of one digit each, of any size, or folders of them, to run the model on")
     p.add_argument("--addend", type=int, help="the number (0-9) to add to each digit in --image (all ten if omitted)")

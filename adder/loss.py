@@ -5,7 +5,8 @@ cross-entropy, the negative log-likelihood of the right class, is the natural lo
 classifier is fit with and it keeps pushing on examples that are right but not yet confident.
 The sum term is weighted by `sum_weight`; with the default 1 the two tasks count alike.
 Label smoothing puts a small share of each target's probability on the other classes, so the network is
-never pushed to make its logits arbitrarily confident; the reported losses are this same objective.
+never pushed to make its logits arbitrarily confident. The training loss is this objective; validation and
+test report plain cross-entropy (adder/evaluation.py), so that runs trained with other settings score alike.
 """
 
 from __future__ import annotations

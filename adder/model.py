@@ -13,7 +13,7 @@ How the two inputs meet is `sum_head`:
     concat_probs    digit probabilities concatenated with the one-hot addend, then an MLP.
     concat_features CNN features concatenated with the one-hot addend, then an MLP.
 Reading the digit probabilities makes the sum depend on the image only through the digit the network
-believes it sees, so the two answers agree; README.md has the ablation.
+believes it sees, so the two answers agree; docs/experiments.md has the ablation.
 """
 
 from __future__ import annotations
