@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from PIL import Image
 
 from adder.checkpoint import CheckpointError, load_model
-from adder.config import TrainConfig
+from adder.config import TrainConfig, positive_int
 from adder.data import DataError, DeviceMNIST, load_mnist, normalize
 from adder.digit_image import DigitImageError, image_files, read_image
 from adder.evaluation import evaluate
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (best.pt)")
     p.add_argument("--data_dir", default=TrainConfig.data_dir,
                    help="folder holding MNIST/raw/ (downloaded there if absent)")
-    p.add_argument("--batch_size", type=int, default=1000, help="test images per forward pass (x10 pairs)")
+    p.add_argument("--batch_size", type=positive_int, default=1000, help="test images per forward pass (x10 pairs)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even if a GPU is present")
     p.add_argument("--tta", action="store_true",
@@ -51,8 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save_preprocessed", metavar="DIR",
                    help="write the 28x28 digit each --image picture became to DIR, as a PNG of the same name")
     args = p.parse_args(argv)
-    if args.batch_size <= 0:
-        p.error(f"--batch_size must be positive, got {args.batch_size}")
     if args.image is None and (args.addend is not None or args.save_preprocessed):
         p.error("--addend and --save_preprocessed go with --image")
     if args.addend is not None and not 0 <= args.addend <= 9:
@@ -91,8 +89,8 @@ def answer_own_images(model, args: argparse.Namespace) -> int:
     if not answered:
         return 1
     if args.save_preprocessed:
-        for path, digit in zip(answered, digits):
-            Image.fromarray(digit.numpy()).save(Path(args.save_preprocessed) / f"{path.stem}.png")
+        for name, digit in zip(preprocessed_names(answered), digits):
+            Image.fromarray(digit.numpy()).save(Path(args.save_preprocessed) / name)
     addends = list(range(10)) if args.addend is None else [args.addend]
     answers = predict_digits(model, torch.stack(digits), addends)
     if args.json:
@@ -101,6 +99,18 @@ def answer_own_images(model, args: argparse.Namespace) -> int:
     else:
         print(own_images_table(answered, answers))
     return int(len(answered) < len(paths))
+
+
+def preprocessed_names(paths: list[Path]) -> list[str]:
+    """A PNG name per picture for its 28x28 version: the picture's stem, numbered where one is taken."""
+    names: list[str] = []
+    for path in paths:
+        name, number = f"{path.stem}.png", 1
+        while name in names:  # a/1.png and b/1.png, or seven.jpg and seven.png
+            number += 1
+            name = f"{path.stem}_{number}.png"
+        names.append(name)
+    return names
 
 
 def own_images_table(paths: list[Path], answers: list[dict]) -> str:

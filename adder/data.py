@@ -139,9 +139,19 @@ def train_addends(index: torch.Tensor, seed: int, epoch: int | torch.Tensor) -> 
     return counter_hash(index, seed, epoch, STREAM_ADDEND) % NUM_ADDENDS
 
 
+def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1], where augmentation works."""
+    return images_u8.unsqueeze(1).float() / 255.0
+
+
+def standardize(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> MNIST's mean 0 and standard deviation 1, as every MNIST model sees its input."""
+    return (images - MNIST_MEAN) / MNIST_STD
+
+
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 28, 28) -> float (B, 1, 28, 28), normalised like every MNIST model."""
-    return (images_u8.unsqueeze(1).float() / 255.0 - MNIST_MEAN) / MNIST_STD
+    return standardize(to_unit(images_u8))
 
 
 def random_warp(images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int | torch.Tensor, degrees: float,
@@ -177,10 +187,10 @@ class DeviceMNIST:
     def train_batch(self, index: torch.Tensor, seed: int, epoch: int | torch.Tensor, augment: dict | None = None):
         """(image, addend, digit, sum) for training images `index` in `epoch` (an int, or a 0-d int64 tensor
         on the device: see counter_hash)."""
-        images = self.images[index].unsqueeze(1).float() / 255.0
+        images = to_unit(self.images[index])
         if augment:
             images = random_warp(images, index, seed, epoch, **augment)
-        images = (images - MNIST_MEAN) / MNIST_STD
+        images = standardize(images)
         digits = self.labels[index]
         addends = train_addends(index, seed, epoch)
         return images, addends, digits, digits + addends

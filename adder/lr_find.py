@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default=TrainConfig.data_dir, help="folder holding MNIST/raw/")
     p.add_argument("--output_dir", type=Path, default=Path("."), help="the plot goes to OUTPUT_DIR/logs/")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="the optimiser train.py will use")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer,
+                   help="the optimiser train.py will use")
     p.add_argument("--steps", type=int, default=300, help="training steps of the sweep")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     args = p.parse_args(argv)

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from adder.config import TrainConfig  # noqa: E402
 from adder.data import DeviceMNIST  # noqa: E402
 from adder.evaluation import one_addend_predictions  # noqa: E402
 
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a train.py --output_dir")
-    p.add_argument("--data_dir", default="data", help="folder holding MNIST/raw/")
+    p.add_argument("--data_dir", default=TrainConfig.data_dir, help="folder holding MNIST/raw/")
     p.add_argument("--out", type=Path, default=None, help="where the PNG files go (default RUN_DIR/logs)")
     args = p.parse_args(argv)
     out = args.out or args.run_dir / "logs"

@@ -50,6 +50,7 @@ from torchvision.datasets import MNIST
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
+from adder.checkpoint import atomic_write_text  # noqa: E402
 from adder.config import TrainConfig, parse_config  # noqa: E402
 from adder.data import MNIST_MEAN, MNIST_STD, load_mnist  # noqa: E402
 from adder.loss import AdderLoss  # noqa: E402
@@ -184,10 +185,10 @@ def main() -> int:
         ratios = {row["pipeline"]: row["images_per_s"] / baseline["images_per_s"]
                   for row in measured[1:]} if baseline else {}
         if args.json:
-            args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "epochs": config.epochs,
-                                             "train_flags": train_flags, "compile_backend": args.compile_backend,
-                                             "rows": rows, "baseline": rows[0]["pipeline"], "ratios": ratios},
-                                            indent=2))
+            table = {"device": name, "torch": torch.__version__, "epochs": config.epochs, "train_flags": train_flags,
+                     "compile_backend": args.compile_backend, "rows": rows, "baseline": rows[0]["pipeline"],
+                     "ratios": ratios}
+            atomic_write_text(args.json, json.dumps(table, indent=2))  # a cut run leaves the last whole table
 
     print(f"\ndevice: {name}, torch {torch.__version__}, {config.epochs} epochs each\n")
     print("| pipeline | first epoch s | steady epoch s | images/s |")

@@ -229,6 +229,13 @@ def test_pictures_and_folders_get_all_ten_sums_as_json(evaluate_py, capsys, tmp_
         assert np.array_equal(seen, read_image(picture).numpy())
 
 
+def test_pictures_with_the_same_name_keep_one_preprocessed_file_each(evaluate_py, capsys, tmp_path):
+    first, second = (draw_files(tmp_path / folder, ["seven.png"]) for folder in ("a", "b"))
+    status, _, _ = run_here(evaluate_py, capsys, "--image", str(first), str(second), "--addend", "1",
+                            "--save_preprocessed", str(tmp_path / "seen"))
+    assert status == 0 and sorted(path.name for path in (tmp_path / "seen").iterdir()) == ["seven.png", "seven_2.png"]
+
+
 def test_one_addend_for_all_in_a_table_within_80_columns(evaluate_py, capsys, tmp_path):
     folder = draw_files(tmp_path / "drawings", ["seven.png", "transparent.png"])
     status, out, _ = run_here(evaluate_py, capsys, "--image", str(folder), "--addend", "3", "--tta")
