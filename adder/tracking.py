@@ -10,9 +10,9 @@ A run holds
               best.pt's epoch and validation metrics (best_val/*) and the test metrics (test/*, test_tta/*)
     artifact  best.pt, type "model", with its epoch and validation metrics as metadata (off with --no_log_model)
 
-Only the main process writes to the run. A resumed training run is a new wandb run, its steps continuing
-the first one's (the two share the run name given with --run_name). The run goes online when wandb is logged in and its server
-answers; otherwise it is recorded offline under logs/wandb/ and `wandb sync` uploads it later.
+Only the main process writes to the run. The run goes online when wandb is logged in and its server
+answers; otherwise it is recorded offline under logs/wandb/ and `wandb sync` uploads it later. A resumed
+training run is a new wandb run, its steps continuing the first one's.
 """
 
 from __future__ import annotations
