@@ -44,7 +44,7 @@ from adder.optim import build_optimizer
 from adder.plots import read_metrics, run_figures, save_figures
 from adder.step import ForwardBackward, graph_unavailable
 from adder.tracking import Tracking
-from adder.training_state import (ResumeError, is_compiled, load_training_state, resolve_state,
+from adder.training_state import (MUST_MATCH, ResumeError, is_compiled, load_training_state, resolve_state,
                                   save_training_state)
 
 
@@ -142,35 +142,30 @@ def final_model(folder: RunFolder, accelerator: Accelerator) -> tuple[AdderNet, 
     return payload[0]
 
 
-def agreed_state(config: TrainConfig, folder: RunFolder, accelerator: Accelerator) -> Path:
-    """The training state --resume_from_checkpoint names. Each process reads it from its own disk (nodes need
-    not share one), so all must find one, and the same one, or all stop with the first refusal's message."""
-    try:
-        state_dir, refusal = resolve_state(config.resume_from_checkpoint, folder.checkpoints), None
-    except ResumeError as err:
-        state_dir, refusal = None, str(err)
-    found = gather_object([(accelerator.process_index, state_dir and state_dir.name, refusal)])
-    refusals = [message if rank == 0 else f"process {rank}: {message}" for rank, _, message in found if message]
-    if refusals:
-        raise RunFailed(refusals[0])
-    if len({name for _, name, _ in found}) > 1:
-        raise RunFailed("the processes found different training states (" + ", ".join(
-            f"{name} on process {rank}" for rank, name, _ in found) + "): resuming on several nodes needs the same "
-            "checkpoints/ folder on each")
-    return state_dir
+def stop_all_if_any(accelerator: Accelerator, refusal: str | None) -> None:
+    """Every process stops, with the first refusal's message, if any process refused: one that stopped alone
+    would leave the others waiting for it, and only the main process prints."""
+    for rank, message in gather_object([(accelerator.process_index, refusal)]):
+        if message:
+            raise RunFailed(message if rank == 0 else f"process {rank}: {message}")
 
 
-def best_so_far(folder: RunFolder, accelerator: Accelerator, saved_best: dict) -> dict:
+def best_so_far(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, saved_best: dict) -> dict:
     """What a resumed run's epochs must beat to replace best.pt: the saved state's best, or best.pt's if higher
-    (a run resumed from an older epoch). A state whose best model is missing cannot resume: the run could
-    not end with its test report."""
+    (a run resumed from an older epoch). A state whose best model is missing, or a best.pt of other settings,
+    cannot resume: the run could not end with its own test report."""
     kept = [None]
     if accelerator.is_main_process and folder.best.exists():  # only the main process's disk has best.pt
         try:
             checkpoint = read_checkpoint(folder.best)
-            kept = [{"epoch": checkpoint["epoch"], "joint_acc": checkpoint["val_metrics"].get("joint_acc", -1.0)}]
+            other = [f"--{name}" for name in MUST_MATCH if checkpoint["train_config"].get(name) != getattr(config, name)]
+            kept = [f"{folder.best} was trained with another {', '.join(other)}: it is not this run's model; move it "
+                    f"away, or resume in the run's own --output_dir"] if other else [
+                {"epoch": checkpoint["epoch"], "joint_acc": checkpoint["val_metrics"]["joint_acc"]}]
         except CheckpointError as err:
             kept = [str(err)]
+        except (KeyError, TypeError, AttributeError):
+            kept = [f"{folder.best}: no training settings or validation metrics in it: not a best.pt of train.py"]
     broadcast_object_list(kept, from_process=0)
     if isinstance(kept[0], str):
         raise RunFailed(kept[0])
@@ -184,15 +179,32 @@ def best_so_far(folder: RunFolder, accelerator: Accelerator, saved_best: dict) -
 
 def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log: logging.Logger):
     """(first epoch to run, global step, best validation so far): from the saved training state with
-    --resume_from_checkpoint, whose settings that shape the run must be this command's; else a fresh start."""
+    --resume_from_checkpoint, whose settings that shape the run must be this command's; else a fresh start.
+
+    Each process reads the state from its own disk (nodes need not share one): all must find it, the same
+    one, and load it, or all stop."""
     if config.resume_from_checkpoint is None:
         return 1, 0, {"epoch": 0, "joint_acc": -1.0}
-    state_dir = agreed_state(config, folder, accelerator)
+    state_dir, refusal = None, None
+    try:
+        state_dir = resolve_state(config.resume_from_checkpoint, folder.checkpoints)
+    except ResumeError as err:
+        refusal = str(err)
+    stop_all_if_any(accelerator, refusal)
+    names = gather_object([state_dir.name])
+    if len(set(names)) > 1:
+        found = ", ".join(f"{name} on process {rank}" for rank, name in enumerate(names))
+        raise RunFailed(f"the processes found different training states ({found}): resuming on several nodes "
+                        f"needs the same checkpoints/ folder on each")
+    progress, refusal = None, None
     try:
         progress = load_training_state(accelerator, state_dir, config, accelerator.num_processes)
     except ResumeError as err:
-        raise RunFailed(str(err)) from err
-    best = best_so_far(folder, accelerator, progress["best"])
+        refusal = str(err)
+    except Exception as err:  # a file of the state missing or damaged on this process's disk
+        refusal = f"cannot load the training state {state_dir} ({type(err).__name__}: {err})"
+    stop_all_if_any(accelerator, refusal)
+    best = best_so_far(config, folder, accelerator, progress["best"])
     log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {progress['global_step']}, "
              f"best val joint {best['joint_acc']:.4%} at epoch {best['epoch']})")
     return progress["epoch"] + 1, progress["global_step"], best

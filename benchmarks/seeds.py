@@ -118,7 +118,8 @@ def main() -> int:
                                                         exited_at=launched_at + wall_s)
 
     rows, over = [], {}
-    with ThreadPoolExecutor(args.jobs) as pool:
+    pool = ThreadPoolExecutor(args.jobs)
+    try:
         for finished in as_completed([pool.submit(train, seed) for seed in args.seeds]):
             row = finished.result()
             print(f"seed {row['seed']}: {row['outcome']}, {row['wall_s']:.1f} s, best epoch {row['best_epoch']}, "
@@ -129,6 +130,8 @@ def main() -> int:
             table = {"command": shlex.join(launch("S")), "train_flags": train_flags, "jobs": args.jobs,
                      "runs": rows, "over_seeds": over}
             (args.out / "seeds.json").write_text(json.dumps(table, indent=2))  # after each seed: a cut run keeps them
+    finally:
+        pool.shutdown(cancel_futures=True)  # after Ctrl-C or an error, no further seed starts
 
     print_table(rows, over, args.jobs)
     print(f"table: {args.out / 'seeds.json'}")

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from adder.checkpoint import load_model
+from adder.checkpoint import load_model, save_checkpoint
 from adder.config import TrainConfig
 from adder.data import DeviceMNIST
 from adder.evaluation import evaluate
@@ -102,6 +102,16 @@ def test_a_state_resumed_away_from_its_best_pt_is_refused(trained_run, tiny_mnis
     assert "Traceback" not in result.stderr
 
 
+def test_a_best_pt_of_other_settings_is_not_taken_for_the_runs_own(trained_run, tiny_mnist, tmp_path):
+    # Resumed beside another run's best.pt, the run would keep that model as its best and report it as its own.
+    model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]], sum_hidden=16))
+    defaults = TrainConfig().to_dict()  # 20 epochs: the saved run had 2
+    save_checkpoint(tmp_path / "best.pt", model, train_config=defaults, epoch=1, val_metrics={"joint_acc": 0.99})
+    state = trained_run / "checkpoints" / "epoch_002"
+    result = train(tiny_mnist, tmp_path, "--epochs", "2", "--resume_from_checkpoint", str(state), check=False)
+    assert result.returncode != 0 and "was trained with another --epochs" in result.stderr
+
+
 def test_resume_refuses_another_number_of_processes(trained_run, tiny_mnist):
     result = train(tiny_mnist, trained_run, "--epochs", "2", "--resume_from_checkpoint", "latest", processes=2,
                    check=False)
@@ -184,3 +194,11 @@ def test_two_nodes_without_a_shared_disk(tiny_mnist, tmp_path):
     assert all(node.returncode != 0 and 'train.py", line' not in node.stdout for node in nodes)
     assert "error: process 1: --resume_from_checkpoint latest: no saved training state" in nodes[0].stdout
     assert "this node holds only part of one" in nodes[0].stdout
+    # A copy of the whole state with a file missing on the second node: its process cannot load what the
+    # other loaded, and both stop, the main process saying why.
+    shutil.rmtree(other / "checkpoints")
+    shutil.copytree(main / "checkpoints", other / "checkpoints")
+    (other / "checkpoints" / "epoch_002" / "optimizer.bin").unlink()
+    nodes = two_nodes(tiny_mnist, tmp_path, "--resume_from_checkpoint", "latest")
+    assert all(node.returncode != 0 and 'train.py", line' not in node.stdout for node in nodes)
+    assert "error: process 1: cannot load the training state" in nodes[0].stdout
