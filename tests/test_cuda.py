@@ -43,7 +43,18 @@ def test_bf16_training_on_the_gpu_and_fp32_evaluation_agree(tiny_mnist, tmp_path
     assert evaluated["joint_acc"] == report["joint_acc"]
 
 
-def test_a_step_replayed_from_a_cuda_graph_trains_as_the_eager_step_does(tiny_mnist):
+@pytest.fixture
+def deterministic_convolutions():
+    """cuDNN's deterministic algorithms, without TF32: two computations of the same steps then differ only by
+    fp32 rounding (on an H200, with TF32 convolutions, eight steps left a first-layer weight beyond 1e-4)."""
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32 = True, False, False
+    yield
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32 = saved
+
+
+def test_a_step_replayed_from_a_cuda_graph_trains_as_the_eager_step_does(tiny_mnist, deterministic_convolutions):
     data = DeviceMNIST(*load_mnist(tiny_mnist, train=True, download=False), device="cuda")
     eager_model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]])).cuda().to(memory_format=torch.channels_last)
     graph_model = copy.deepcopy(eager_model)
@@ -62,8 +73,11 @@ def test_a_step_replayed_from_a_cuda_graph_trains_as_the_eager_step_does(tiny_mn
     (eager_losses, eager_state), (graph_losses, graph_state) = runs
     assert step.graph is not None
     torch.testing.assert_close(graph_losses, eager_losses, rtol=1e-4, atol=1e-5)
-    for name, value in eager_state.items():  # weights and BatchNorm statistics: no trace of the warm-up steps
-        torch.testing.assert_close(graph_state[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    # Weights and BatchNorm statistics: no trace of the warm-up steps (three extra BatchNorm updates, or a
+    # step on the wrong epoch's pairs, would move them by far more than these bounds).
+    for name, value in eager_state.items():
+        torch.testing.assert_close(graph_state[name], value, rtol=1e-3, atol=1e-4,
+                                   msg=lambda message, name=name: f"{name}: {message}")
 
 
 def test_train_py_with_a_cuda_graph_in_bf16_trains_as_without(tiny_mnist, tmp_path):
