@@ -126,8 +126,11 @@ keep_output() {
     { cat "$work/steps/$1.txt" 2> /dev/null; echo "outcome: $(cat "$work/steps/$1.json")"; } > "$out/$2"
 }
 
+# The commit, and how many files of the tree differ from it: a copied tree may carry older git metadata.
+changed=$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)
 say "gpu_check: $($smoke && echo "--smoke, on the CPU" || echo "on the GPU"), budget ${budget} s," \
-    "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown) ($changed tracked files differ)," \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 python3 -c 'from importlib.metadata import version
 print(", ".join(f"{name} {version(name)}" for name in ("torch", "torchvision", "accelerate", "torchmetrics")))' \
     2>&1 | tee -a "$log"
