@@ -243,11 +243,13 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     set_seed(config.seed)
 
     # Data: each split lives on the device as one uint8 tensor; batches are made by indexing it.
+    setup_start = time.perf_counter()  # the set-up's seconds, logged: part of a short run's wall time
     data = load_data(config, accelerator)
     train_set = data["train"]
     steps_per_epoch = len(train_batches(len(train_set), config.batch_size, config.seed, 0, rank, world_size))
     log.info(f"data: {len(data['train'])} train / {len(data['val'])} val / {len(data['test'])} test images; "
-             f"validation and test score every image with all 10 addends; {steps_per_epoch} steps per epoch")
+             f"validation and test score every image with all 10 addends; {steps_per_epoch} steps per epoch "
+             f"(loaded in {time.perf_counter() - setup_start:.1f}s)")
 
     # Model, loss, optimiser and schedule.
     model = AdderNet(config.model_config).to(memory_format=torch.channels_last)
@@ -281,6 +283,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
 
     # One row per finished epoch; a resumed run drops the rows of epochs it is about to redo.
     epoch_rows = [r for r in read_metrics(folder.metrics) if r["epoch"] < start_epoch] if folder.metrics.exists() else []
+    log.info(f"set-up (data, model, optimiser, tracker) done in {time.perf_counter() - setup_start:.1f}s")
     run_start = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         model.train()
