@@ -24,6 +24,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ from adder.optim import build_optimizer
 from adder.plots import read_metrics, run_figures, save_figures
 from adder.step import ForwardBackward, graph_unavailable
 from adder.tracking import Tracking
-from adder.training_state import (MUST_MATCH, ResumeError, is_compiled, load_training_state, resolve_state,
+from adder.training_state import (ResumeError, changed_settings, is_compiled, load_training_state, resolve_state,
                                   save_training_state)
 
 
@@ -128,18 +129,24 @@ def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, Device
             "test": DeviceMNIST(test_images, test_labels, device)}
 
 
-def final_model(folder: RunFolder, accelerator: Accelerator) -> tuple[AdderNet, dict]:
-    """best.pt, read by the main process and sent to every rank: other nodes need not share its disk."""
+def from_main_process(accelerator: Accelerator, read: Callable[[], object]):
+    """read() on the main process, whose disk holds best.pt (other nodes need not share it), sent to every
+    rank; a CheckpointError or RunFailed there stops every rank with its message."""
     payload = [None]
     if accelerator.is_main_process:
         try:
-            payload = [load_model(folder.best)]
-        except CheckpointError as err:  # deleted or damaged while the run went on
-            payload = [str(err)]
+            payload = [read()]
+        except (CheckpointError, RunFailed) as err:
+            payload = [RunFailed(str(err))]
     broadcast_object_list(payload, from_process=0)
-    if isinstance(payload[0], str):
-        raise RunFailed(payload[0])
+    if isinstance(payload[0], RunFailed):
+        raise payload[0]
     return payload[0]
+
+
+def final_model(folder: RunFolder, accelerator: Accelerator) -> tuple[AdderNet, dict]:
+    """best.pt, as the main process reads it (deleted or damaged while the run went on: one error line)."""
+    return from_main_process(accelerator, lambda: load_model(folder.best))
 
 
 def stop_all_if_any(accelerator: Accelerator, refusal: str | None) -> None:
@@ -154,27 +161,28 @@ def best_so_far(config: TrainConfig, folder: RunFolder, accelerator: Accelerator
     """What a resumed run's epochs must beat to replace best.pt: the saved state's best, or best.pt's if higher
     (a run resumed from an older epoch). A state whose best model is missing, or a best.pt of other settings,
     cannot resume: the run could not end with its own test report."""
-    kept = [None]
-    if accelerator.is_main_process and folder.best.exists():  # only the main process's disk has best.pt
+    def read_best() -> dict | None:
+        if not folder.best.exists():
+            return None
+        checkpoint = read_checkpoint(folder.best)
         try:
-            checkpoint = read_checkpoint(folder.best)
-            other = [f"--{name}" for name in MUST_MATCH if checkpoint["train_config"].get(name) != getattr(config, name)]
-            kept = [f"{folder.best} was trained with another {', '.join(other)}: it is not this run's model; move it "
-                    f"away, or resume in the run's own --output_dir"] if other else [
-                {"epoch": checkpoint["epoch"], "joint_acc": checkpoint["val_metrics"]["joint_acc"]}]
-        except CheckpointError as err:
-            kept = [str(err)]
-        except (KeyError, TypeError, AttributeError):
-            kept = [f"{folder.best}: no training settings or validation metrics in it: not a best.pt of train.py"]
-    broadcast_object_list(kept, from_process=0)
-    if isinstance(kept[0], str):
-        raise RunFailed(kept[0])
-    if kept[0] is None:
+            other = changed_settings(checkpoint["train_config"], config)
+            best = {"epoch": checkpoint["epoch"], "joint_acc": checkpoint["val_metrics"]["joint_acc"]}
+        except (KeyError, TypeError, AttributeError) as err:
+            raise RunFailed(f"{folder.best}: no training settings or validation metrics in it: not a best.pt of "
+                            f"train.py") from err
+        if other:
+            raise RunFailed(f"{folder.best} was trained with another {', '.join(f'--{name}' for name in other)}: "
+                            f"it is not this run's model; move it away, or resume in the run's own --output_dir")
+        return best
+
+    kept = from_main_process(accelerator, read_best)
+    if kept is None:
         if saved_best["epoch"]:
             raise RunFailed(f"the saved state's best model (epoch {saved_best['epoch']}) is not in {folder.best}: "
                             f"resume in the run's own --output_dir, or copy its best.pt there")
         return saved_best
-    return max(saved_best, kept[0], key=lambda best: best["joint_acc"])
+    return max(saved_best, kept, key=lambda best: best["joint_acc"])
 
 
 def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log: logging.Logger):
@@ -191,7 +199,7 @@ def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log
     except ResumeError as err:
         refusal = str(err)
     stop_all_if_any(accelerator, refusal)
-    names = gather_object([state_dir.name])
+    names = gather_object([state_dir.name])  # the same state on every node, not a stale copy on one
     if len(set(names)) > 1:
         found = ", ".join(f"{name} on process {rank}" for rank, name in enumerate(names))
         raise RunFailed(f"the processes found different training states ({found}): resuming on several nodes "

@@ -102,6 +102,11 @@ def resolve_state(resume_from: str, checkpoints_dir: Path) -> Path:
     return path
 
 
+def changed_settings(saved: dict, config: TrainConfig) -> list[str]:
+    """The settings of MUST_MATCH whose saved value differs from the config's."""
+    return [name for name in MUST_MATCH if saved.get(name) != getattr(config, name)]
+
+
 def check_settings(progress: dict, config: TrainConfig, processes: int, *, compiled: bool) -> None:
     """Refuse to resume with a setting that differs from the saved run's, naming the first one that does."""
     saved = progress.get("settings", {}) | {"processes": progress.get("processes")}
