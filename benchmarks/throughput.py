@@ -15,6 +15,8 @@ Any further flag is train.py's (adder/config.py's TrainConfig); without any, eve
                      shipped accelerate config's setting)
     bf16+graph       bf16, the whole step (batch, forward, backward) replayed from one CUDA graph: train.py
                      --cuda_graph (adder/step.py); on the CPU the same as bf16
+    fp32+graph       the same without autocast: a graph replays the step's kernels at no launch cost, which
+                     leaves their own time, and autocast's casts are kernels too
     bf16+compile     bf16, the model through torch.compile, as `accelerate launch --dynamo_backend inductor`
     bf16+cudagraphs  the same in torch.compile's "reduce-overhead" mode (CUDA graphs; as --dynamo_mode
                      reduce-overhead), which replays each step's kernels without launching them one by one;
@@ -142,6 +144,7 @@ PIPELINES = {
     "fp32": ("project (train.py), fp32", "no", None, []),
     "bf16": ("project (train.py), bf16 autocast", "bf16", None, []),
     "bf16+graph": ("project (train.py), bf16, --cuda_graph", "bf16", None, ["--cuda_graph"]),
+    "fp32+graph": ("project (train.py), fp32, --cuda_graph", "no", None, ["--cuda_graph"]),
     "bf16+compile": ("project (train.py), bf16, torch.compile", "bf16", "default", []),
     "bf16+cudagraphs": ("project (train.py), bf16, torch.compile reduce-overhead", "bf16", "reduce-overhead", []),
 }

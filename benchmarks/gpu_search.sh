@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The speed and accuracy search on one CUDA GPU (docs/experiments.md, "GPU: the search"), in two parts that
+# each fit one call to a lent GPU machine:
+#
+#   bash benchmarks/gpu_search.sh speed DATA_DIR OUT_DIR [--smoke]
+#   bash benchmarks/gpu_search.sh levers DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]
+#
+# speed (about 5 minutes on an H200): in one run of benchmarks/throughput.py each, the classic pipeline
+# against train.py eager bf16, bf16 and fp32 with --cuda_graph, at batch 512 (benchmark_b512.json) and at
+# 1024 with the rate doubled (benchmark_b1024.json); the profile of the --cuda_graph step; README's one-GPU
+# command with --cuda_graph for seeds 42 1 2 3 4, one at a time, so that each wall time is a run's alone
+# (seeds_graph.json; seed 42's logs/ and best.pt in record_graph.tar); the CUDA tests.
+# levers (--budget, default 420 s): the recipes below, seeds 1-5 five at once (benchmarks/seeds.py --jobs 5,
+# all with --cuda_graph), in order, each begun only if its time limit fits in what is left: NAME.json each.
+# Both parts print to OUT_DIR/search.log. DATA_DIR holds MNIST/raw/ and is only read.
+#
+# --smoke: the same steps on the CPU (CUDA hidden) with a tiny model for 2-3 epochs, to try the script
+# before GPU time is spent on it, on tiny synthetic MNIST (tests/conftest.py's make_mnist_dir, as
+# benchmarks/gpu_check.sh says); a few minutes on 2 CPU cores.
+set -uo pipefail
+
+usage="usage: bash benchmarks/gpu_search.sh {speed|levers} DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]"
+(( $# >= 3 )) || { echo "$usage" >&2; exit 2; }
+part=$1 data=$2 out=$3
+shift 3
+[[ $part == speed || $part == levers ]] || { echo "error: the part is speed or levers; $usage" >&2; exit 2; }
+smoke=false budget=420
+while (( $# )); do
+    case $1 in
+        --smoke) smoke=true ;;
+        --budget) [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "error: --budget takes a number of seconds" >&2; exit 2; }
+                  budget=$2; shift ;;
+        *) echo "error: unknown argument $1; $usage" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ -d $data/MNIST/raw ]] || { echo "error: $data/MNIST/raw not found: DATA_DIR must hold MNIST/raw/" >&2; exit 2; }
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
+cd "$(dirname "$0")/.."
+
+# Accuracy levers, in the order they run: "TIME_LIMIT_S NAME TRAIN.PY FLAGS...". 60 epochs won on the eager
+# search (99.67 % test joint); these try weight averaging over it, a batch of 1024 (fewer, fuller steps), and
+# longer still.
+recipes=(
+    "150 e60_ema --epochs 60 --ema_decay 0.999"
+    "60 b1024 --batch_size 1024 --lr 0.2"
+    "200 e100 --epochs 100"
+    "120 e100_b1024 --epochs 100 --batch_size 1024 --lr 0.2"
+)
+device=cuda solo_seeds=(42 1 2 3 4) size=() epochs=() big_batch=(--batch_size 1024 --lr 0.2) profile=()
+if $smoke; then
+    export CUDA_VISIBLE_DEVICES=""
+    device=cpu solo_seeds=(42 1) epochs=(--epochs 2) big_batch=(--batch_size 200 --lr 0.2) profile=(--steps 2)
+    size=(--val_size 100 --batch_size 100 --widths 4,4 8,8 8 --sum_hidden 16)
+    recipes=("60 e3_ema --epochs 3 --ema_decay 0.9" "60 b200 --epochs 2 --batch_size 200 --lr 0.2")
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_search.XXXXXX") || exit 1
+trap 'rm -rf "$work"' EXIT
+# A writable copy: torchvision extracts the archives beside themselves.
+mkdir -p "$work/data/MNIST" && cp -r "$data/MNIST/raw" "$work/data/MNIST/" && chmod -R u+w "$work/data" || exit 1
+log=$out/search.log
+say() { printf '[%s +%ds] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*" | tee -a "$log"; }
+# step LIMIT_S COMMAND...: COMMAND cut off after LIMIT_S seconds, its output (progress bars dropped) in the log.
+step() {
+    local limit=$1 rc
+    shift
+    say "$* (limit $limit s)"
+    timeout --kill-after=20 "$limit" "$@" 2>&1 | tr '\r' '\n' | grep -v -E '^\s*$|it/s\]|s/it\]' >> "$log"
+    rc=${PIPESTATUS[0]}
+    say "exit $rc$( (( rc == 124 || rc == 137 )) && echo ": cut off")"
+}
+
+say "gpu_search $part$($smoke && echo " --smoke"): commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    "($(git status --porcelain --untracked-files=no 2>/dev/null | wc -l) tracked files differ), $(date -u +%FT%TZ)"
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$log"
+python3 -c 'from importlib.metadata import version
+print(", ".join(f"{name} {version(name)}" for name in ("torch", "torchvision", "accelerate", "torchmetrics")))' >> "$log"
+
+if [[ $part == speed ]]; then
+    step 100 python3 benchmarks/throughput.py --device $device --data_dir "$work/data" \
+        --pipelines classic bf16 bf16+graph fp32+graph --json "$out/benchmark_b512.json" "${epochs[@]}" "${size[@]}"
+    step 80 python3 benchmarks/throughput.py --device $device --data_dir "$work/data" \
+        --pipelines classic bf16+graph fp32+graph --json "$out/benchmark_b1024.json" "${epochs[@]}" "${size[@]}" \
+        "${big_batch[@]}"
+    step 45 python3 benchmarks/profile_step.py --data_dir "$work/data" --mixed_precision bf16 --cuda_graph --rows 25 \
+        "${profile[@]}" "${epochs[@]}" "${size[@]}"
+    step 200 python3 benchmarks/seeds.py --seeds "${solo_seeds[@]}" --out "$work/graph" --data_dir "$work/data" -- \
+        --cuda_graph "${epochs[@]}" "${size[@]}"
+    cp "$work/graph/seeds.json" "$out/seeds_graph.json"
+    tar -C "$work/graph/seed_${solo_seeds[0]}" -cf "$out/record_graph.tar" logs best.pt
+    # -o addopts=: the GPU machine may lack pytest-xdist, which pyproject.toml's options ask for.
+    step 100 python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py
+else
+    for recipe in "${recipes[@]}"; do
+        read -r limit name flags <<< "$recipe"
+        left=$(( budget - SECONDS ))
+        if (( left < limit )); then say "$name skipped: $left s left, its limit is $limit s"; continue; fi
+        # shellcheck disable=SC2086  # the recipe's flags are words
+        step "$limit" python3 benchmarks/seeds.py --seeds 1 2 3 4 5 --jobs 5 --out "$work/$name" \
+            --data_dir "$work/data" -- --cuda_graph "${size[@]}" $flags
+        cp "$work/$name/seeds.json" "$out/$name.json"
+    done
+fi
+say done
