@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     if not accelerator.is_main_process:
         logging.getLogger("adder").setLevel(logging.ERROR)  # the data's notes once, not once per process
     try:
-        with accelerator.main_process_first():
+        with accelerator.main_process_first(), accelerator.local_main_process_first():  # as train.py's load_data
             images, labels = load_mnist(args.data_dir, train=False)
     except DataError as err:
         sys.exit(f"error: {err}")

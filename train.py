@@ -117,7 +117,8 @@ def still_safe(best_epoch: int, saved_epoch: int) -> str:
 def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, DeviceMNIST]:
     """The train, validation and test splits, each held whole on the training device."""
     try:
-        with accelerator.main_process_first():  # one process downloads, the others wait and read
+        # One process downloads and extracts, then one per other node (no shared disk needed), then the rest read.
+        with accelerator.main_process_first(), accelerator.local_main_process_first():
             train_images, train_labels = load_mnist(config.data_dir, train=True)
             test_images, test_labels = load_mnist(config.data_dir, train=False)
         (train_images, train_labels), (val_images, val_labels) = split_train_val(train_images, train_labels,
@@ -308,7 +309,8 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
             global_step += 1
             window_loss += loss
             if step % config.log_every == 0 or step == len(batches):
-                # The inner loop's only host sync, every log_every steps; all processes see the same value.
+                # A host sync every log_every steps, the inner loop's only one by default (--ema_decay and fp16's
+                # loss scaling add one a step); all processes see the same value.
                 steps_in_window = (step - 1) % config.log_every + 1
                 mean_loss = accelerator.reduce(window_loss, "mean").item() / steps_in_window
                 epoch_loss += window_loss

@@ -3,8 +3,8 @@
 torch.optim.swa_utils.AveragedModel keeps the average (of the parameters and of BatchNorm's running
 statistics); this module only gives it its update rule, which is `get_ema_multi_avg_fn`'s plus a warm-up.
 AveragedModel keeps its update counter in host memory and copies it to the device at every update; CUDA
-documents such a copy from pageable memory as waiting for the stream first, so on a GPU the host would wait
-for the device once a step. train.py therefore builds it only with --ema_decay > 0.
+documents such a copy from pageable memory as waiting for the stream first, so on a GPU the host waits for
+the device once a step. train.py therefore builds it only with --ema_decay > 0.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ def ema_update_with_warmup(decay: float):
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        # Computed on the device as a tensor, so the update never waits for the host.
         weight = 1 - torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)
         if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, weight)  # the same kernel get_ema_multi_avg_fn uses
+            # One weight tensor per tensor: given alone, a tensor weight is read back to the host (.item()).
+            torch._foreach_lerp_(averaged, current, [weight] * len(averaged))
         else:  # BatchNorm's batch counters: nothing to average
             torch._foreach_copy_(averaged, current)
 

@@ -16,9 +16,11 @@ import torch
 
 
 def gpu_usable() -> bool:
-    """A CUDA GPU (or Apple's MPS) that PyTorch can use: False with no GPU, a broken driver or
-    CUDA_VISIBLE_DEVICES=""."""
-    return torch.cuda.is_available() or torch.backends.mps.is_available()
+    """A CUDA GPU that PyTorch can use: False with no GPU, a broken driver or CUDA_VISIBLE_DEVICES="".
+
+    Apple's MPS does not count: it has no float64, which the augmentation's random draws and the exact
+    metrics use, so a Mac trains on its CPU."""
+    return torch.cuda.is_available()
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -58,7 +60,7 @@ def choose_placement(force_cpu: bool, mixed_precision: str | None, *, gpu: bool,
     if gpu and not force_cpu:
         return Placement(cpu=False, mixed_precision=mixed_precision)
     threads = max(1, cores // max(1, local_processes))
-    why = "--cpu" if force_cpu else "no usable GPU"
+    why = "--cpu" if force_cpu else "no usable CUDA GPU"
     explicit = mixed_precision is not None
     if not explicit:
         mixed_precision = "bf16" if native_bf16 else "no"

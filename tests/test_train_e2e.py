@@ -46,7 +46,7 @@ def two_process_run(tiny_mnist, tmp_path_factory):
 
 def test_two_processes_without_a_gpu_share_one_run_and_print_each_line_once(two_process_run):
     out, result = two_process_run
-    assert "2 process(es)" in result.stdout and "CPU (no usable GPU)" in result.stdout
+    assert "2 process(es)" in result.stdout and "CPU (no usable CUDA GPU)" in result.stdout
     logged = (out / "logs" / "console.log").read_text().splitlines()
     assert len(logged) == len(set(logged)), "a line logged twice"
     printed = [line.strip() for line in (result.stdout + result.stderr).replace("\r", "\n").splitlines()]
