@@ -76,7 +76,9 @@ def console_log(path: Path, main_process: bool) -> logging.Logger:
     """
     package_log = logging.getLogger("adder")
     package_log.propagate = False
-    package_log.handlers.clear()  # a second run in the same process (the benchmark) starts a fresh log
+    for handler in package_log.handlers[:]:  # a second run in the same process (the benchmark) starts afresh
+        handler.close()
+        package_log.removeHandler(handler)
     if main_process:
         package_log.setLevel(logging.INFO)
         stdout = logging.StreamHandler(sys.stdout)
@@ -351,7 +353,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                                     val_metrics=scalars(val))
         if improved:
             best = {"epoch": epoch, "joint_acc": val["joint_acc"]}
-        with saving(folder.checkpoints / f"epoch_{epoch:03d}", safe):
+        with saving(folder.checkpoints / f"epoch_{epoch:03d}", still_safe(best["epoch"], saved_epoch=epoch - 1)):
             save_training_state(accelerator, folder.checkpoints, epoch, global_step, best, config,
                                 keep=config.keep_states)
     accelerator.wait_for_everyone()

@@ -108,10 +108,12 @@ def run_figures(epochs: list[dict], answers: dict[str, torch.Tensor], test_set: 
 
 
 def save_figures(figures: dict[str, plt.Figure], out: Path) -> dict[str, Path]:
-    """Each figure as OUT/NAME.png; returns the files by name (the tracker logs these files as they are)."""
+    """Each figure as OUT/NAME.png, then closed (pyplot would keep it); returns the files by name (the tracker
+    logs these files as they are)."""
     files = {name: out / f"{name}.png" for name in figures}
     for name, fig in figures.items():
         fig.savefig(files[name], dpi=110)
+        plt.close(fig)
     return files
 
 

@@ -109,13 +109,14 @@ def changed_settings(saved: dict, config: TrainConfig) -> list[str]:
 
 def check_settings(progress: dict, config: TrainConfig, processes: int, *, compiled: bool) -> None:
     """Refuse to resume with a setting that differs from the saved run's, naming the first one that does."""
-    saved = progress.get("settings", {}) | {"processes": progress.get("processes")}
-    now = {name: getattr(config, name) for name in MUST_MATCH} | {"processes": processes}
-    for name, value in now.items():
-        if saved.get(name) != value:
-            flag = "the number of processes" if name == "processes" else f"--{name}"
-            raise ResumeError(f"cannot resume: the saved run used {flag} {saved.get(name)}, this command "
-                              f"{value}. Resume with the same setting, or start a new run with --output_dir NEW_DIR.")
+    saved = progress.get("settings", {})
+    changed = [(f"--{name}", saved.get(name), getattr(config, name)) for name in changed_settings(saved, config)]
+    if progress.get("processes") != processes:
+        changed.append(("the number of processes", progress.get("processes"), processes))
+    if changed:
+        flag, then, now = changed[0]
+        raise ResumeError(f"cannot resume: the saved run used {flag} {then}, this command {now}. "
+                          f"Resume with the same setting, or start a new run with --output_dir NEW_DIR.")
     saved_compiled = progress.get("compiled", False)
     if saved_compiled != compiled:
         how = {True: "compiled the model (--dynamo_backend)", False: "did not compile the model"}

@@ -7,7 +7,7 @@
 Runs train.py (train.main, tracking off) and profiles `--steps` optimiser steps of its second epoch, after
 a whole epoch of warm-up (CUDA's lazy start, torch.compile's compilation, the allocator's first requests).
 Prints, per step: wall time, the time the GPU spent in kernels, the gap between the two (time the GPU
-waited for the host: launches, Python, synchronisations), kernel launches and host synchronisations; then
+waited for the host: launches, Python, synchronisations), kernels run and host synchronisations; then
 the operations that took the most time. On the CPU only the operation table means much. The profiler steps
 from inside the optimiser's own profiling range, so CPU totals nest oddly at the window's ends; self
 times are unaffected.
@@ -86,7 +86,7 @@ def main() -> int:
     device_events = [e for e in events if e.device_type == DeviceType.CUDA
                      and not getattr(e, "is_user_annotation", False)]
     kernel_ms = sum(e.self_device_time_total for e in device_events) / 1e3 / args.steps
-    launches = sum(e.count for e in device_events) / args.steps
+    kernels = sum(e.count for e in device_events) / args.steps
     syncs = sum(e.count for e in events if e.key in SYNC_CALLS) / args.steps
 
     device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
@@ -95,7 +95,8 @@ def main() -> int:
     print(f"per step: wall {wall_ms:.2f} ms", end="")
     if cuda:
         print(f", GPU in kernels {kernel_ms:.2f} ms ({kernel_ms / wall_ms:.0%} busy), gap {wall_ms - kernel_ms:.2f} ms,"
-              f" {launches:.0f} kernel launches (memcpy and memset included), {syncs:.2f} host syncs")
+              f" {kernels:.0f} kernels (memcpy and memset included; eagerly, each its own launch; from a CUDA graph,"
+              f" all from one), {syncs:.2f} host syncs")
     else:
         print(" (CPU: no device timeline; the table shows where the host time goes)")
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
