@@ -94,7 +94,7 @@ def console_log(path: Path, main_process: bool) -> logging.Logger:
     return logging.getLogger("adder.train")
 
 
-def fmt(metrics: dict) -> str:
+def format_metrics(metrics: dict) -> str:
     return (f"digit {metrics['digit_acc']:.2%}  sum {metrics['sum_acc']:.2%}  joint {metrics['joint_acc']:.2%}  "
             f"consistency {metrics['consistency']:.2%}  loss {metrics['loss']:.4f}")
 
@@ -229,10 +229,10 @@ def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerato
     best_model, best_ckpt = final_model(folder, accelerator)
     # In fp32, like evaluate.py, so that the two report the same numbers for the same file.
     test = evaluate(best_model.to(device), test_set, rank=rank, world_size=world_size)
-    log.info(f"test (best.pt from epoch {best_ckpt['epoch']}, {test['pairs']:,} pairs): {fmt(test)}")
+    log.info(f"test (best.pt from epoch {best_ckpt['epoch']}, {test['pairs']:,} pairs): {format_metrics(test)}")
     # Test-time augmentation, reported beside the plain numbers rather than instead of them (README.md).
     shifted = evaluate(ShiftAveraged(best_model), test_set, rank=rank, world_size=world_size)
-    log.info(f"test, averaged over 1-pixel shifts (evaluate.py --tta): {fmt(shifted)}")
+    log.info(f"test, averaged over 1-pixel shifts (evaluate.py --tta): {format_metrics(shifted)}")
     if accelerator.is_main_process:
         safe = still_safe(best_ckpt["epoch"], saved_epoch=config.epochs)
         test_metrics = folder.logs / "test_metrics.json"
@@ -333,7 +333,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         improved = val["joint_acc"] > best["joint_acc"]
         epochs_done = epoch - start_epoch + 1
         eta = (time.perf_counter() - run_start) / epochs_done * (config.epochs - epoch)
-        log.info(f"epoch {epoch:2d}/{config.epochs}  val: {fmt(val)}  ({train_seconds:.1f}s train, "
+        log.info(f"epoch {epoch:2d}/{config.epochs}  val: {format_metrics(val)}  ({train_seconds:.1f}s train, "
                  f"{time.perf_counter() - epoch_start:.1f}s total, run ETA {tqdm.format_interval(eta)})"
                  f"{'  -> best.pt' if improved else ''}")
         accelerator.log({f"val/{k}": v for k, v in scalars(val).items()} | {"epoch": epoch}, step=global_step)

@@ -76,10 +76,6 @@ class AdderMetrics(nn.Module):
             "sum_confusion": sum_confusion,
         }
 
-    def reset(self) -> None:
-        for metric in self.children():
-            metric.reset()
-
 
 def scalars(results: dict) -> dict:
     """The scalar metrics of AdderMetrics.compute(), for logs and trackers."""

@@ -34,12 +34,3 @@ def test_micro_not_macro_accuracy():
     metrics.update(one_hot_logits([0] * 10, 10), one_hot_logits([0] * 10, 19), zeros, digits, digits,
                    losses=torch.zeros(10))
     assert abs(metrics.compute()["digit_acc"] - 0.9) < 1e-6
-
-
-def test_reset_starts_over():
-    metrics = AdderMetrics()
-    x = torch.tensor([1])
-    metrics.update(one_hot_logits([1], 10), one_hot_logits([1], 19), x * 0, x, x, losses=torch.ones(1))
-    metrics.reset()
-    metrics.update(one_hot_logits([2], 10), one_hot_logits([2], 19), x * 0, x, x, losses=torch.ones(1))
-    assert metrics.compute()["pairs"] == 1 and metrics.compute()["digit_acc"] == 0.0
