@@ -12,7 +12,9 @@
 # (seeds_graph.json; seed 42's logs/ and best.pt in record_graph.tar); the CUDA tests.
 # levers (--budget, default 420 s): the recipes below, seeds 1-5 five at once (benchmarks/seeds.py --jobs 5,
 # all with --cuda_graph), in order, each begun only if its time limit fits in what is left: NAME.json each.
-# Both parts print to OUT_DIR/search.log. DATA_DIR holds MNIST/raw/ and is only read.
+# Both parts print to OUT_DIR/search.log and keep every training's console output and metrics.jsonl in
+# OUT_DIR/PART_logs.tar (all a failed or cut-off recipe leaves); the exit status is 1 if a step failed or
+# was cut off. DATA_DIR holds MNIST/raw/ and is only read.
 #
 # --smoke: the same steps on the CPU (CUDA hidden) with a tiny model for 2-3 epochs, to try the script
 # before GPU time is spent on it, on tiny synthetic MNIST (tests/conftest.py's make_mnist_dir, as
@@ -42,12 +44,14 @@ cd "$(dirname "$0")/.."
 # a batch of 1024 (fewer, fuller steps) and fp32 (no autocast casts), for whether they train as well; then,
 # since 60 epochs won the eager search (99.67 % test joint), longer still, weight averaging over 60 epochs,
 # and 100 epochs at batch 1024.
+# The limits: a graph-replayed run keeps the card about 90 % busy, so five at once queue for it; about five
+# times a run's epochs (0.3 s each at batch 512, training and validation), plus 30 s for their start-up.
 recipes=(
-    "60 b1024 --batch_size 1024 --lr 0.2"
-    "60 fp32 --mixed_precision no"
-    "200 e100 --epochs 100"
-    "150 e60_ema --epochs 60 --ema_decay 0.999"
-    "120 e100_b1024 --epochs 100 --batch_size 1024 --lr 0.2"
+    "75 b1024 --batch_size 1024 --lr 0.2"
+    "90 fp32 --mixed_precision no"
+    "240 e100 --epochs 100"
+    "180 e60_ema --epochs 60 --ema_decay 0.999"
+    "160 e100_b1024 --epochs 100 --batch_size 1024 --lr 0.2"
 )
 device=cuda solo_seeds=(42 1 2 3 4) size=() epochs=() big_batch=(--batch_size 1024 --lr 0.2) profile=()
 if $smoke; then
@@ -58,19 +62,30 @@ if $smoke; then
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_search.XXXXXX") || exit 1
-trap 'rm -rf "$work"' EXIT
+# On any exit, what each training printed and its epochs (a failed or cut-off recipe has no seeds.json: these
+# are then all there is) go into OUT_DIR/PART_logs.tar, before the work folder goes.
+keep_logs() {
+    (cd "$work" && find . -path ./data -prune -o \( -name 'seed_*.log' -o -name console.log -o -name metrics.jsonl \) \
+        -print | tar -cf "$out/${part}_logs.tar" -T -)
+    rm -rf "$work"
+}
+trap keep_logs EXIT
 # A writable copy: torchvision extracts the archives beside themselves.
 mkdir -p "$work/data/MNIST" && cp -r "$data/MNIST/raw" "$work/data/MNIST/" && chmod -R u+w "$work/data" || exit 1
 log=$out/search.log
 say() { printf '[%s +%ds] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*" | tee -a "$log"; }
 # step LIMIT_S COMMAND...: COMMAND cut off after LIMIT_S seconds, its output (progress bars dropped) in the log.
+# The output goes to a file, not a pipe, so that a process left behind when it is cut off cannot hold the step.
+failed=0
 step() {
     local limit=$1 rc
     shift
     say "$* (limit $limit s)"
-    timeout --kill-after=20 "$limit" "$@" 2>&1 | tr '\r' '\n' | grep -v -E '^\s*$|it/s\]|s/it\]' >> "$log"
-    rc=${PIPESTATUS[0]}
+    timeout --kill-after=20 "$limit" "$@" > "$work/step.out" 2>&1
+    rc=$?
+    tr '\r' '\n' < "$work/step.out" | grep -v -E '^\s*$|it/s\]|s/it\]' >> "$log"
     say "exit $rc$( (( rc == 124 || rc == 137 )) && echo ": cut off")"
+    (( rc == 0 )) || failed=1
 }
 
 say "gpu_search $part$($smoke && echo " --smoke"): commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
@@ -89,8 +104,8 @@ if [[ $part == speed ]]; then
         "${profile[@]}" "${epochs[@]}" "${size[@]}"
     step 200 python3 benchmarks/seeds.py --seeds "${solo_seeds[@]}" --out "$work/graph" --data_dir "$work/data" -- \
         --cuda_graph "${epochs[@]}" "${size[@]}"
-    cp "$work/graph/seeds.json" "$out/seeds_graph.json"
-    tar -C "$work/graph/seed_${solo_seeds[0]}" -cf "$out/record_graph.tar" logs best.pt
+    cp "$work/graph/seeds.json" "$out/seeds_graph.json" 2> /dev/null
+    tar -C "$work/graph/seed_${solo_seeds[0]}" -cf "$out/record_graph.tar" logs best.pt 2> /dev/null
     # -o addopts=: the GPU machine may lack pytest-xdist, which pyproject.toml's options ask for.
     step 100 python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py
 else
@@ -101,7 +116,8 @@ else
         # shellcheck disable=SC2086  # the recipe's flags are words
         step "$limit" python3 benchmarks/seeds.py --seeds 1 2 3 4 5 --jobs 5 --out "$work/$name" \
             --data_dir "$work/data" -- --cuda_graph "${size[@]}" $flags
-        cp "$work/$name/seeds.json" "$out/$name.json"
+        cp "$work/$name/seeds.json" "$out/$name.json" 2> /dev/null
     done
 fi
-say done
+say "done$( (( failed )) && echo ", a step failed or was cut off")"
+exit $failed
