@@ -127,7 +127,8 @@ def counter_hash(index: torch.Tensor, *keys: int | torch.Tensor, draws: int | No
 
 
 def counter_uniform(index: torch.Tensor, *keys: int | torch.Tensor, draws: int | None = None) -> torch.Tensor:
-    """Uniform floats in [0, 1), one per index (and draw), from counter_hash."""
+    """Uniform floats, one per index (and draw), from counter_hash: [0, 1) drawn in float64, so 1.0 itself
+    only where float32 rounds up (about once in 2**25 draws)."""
     return counter_hash(index, *keys, draws=draws).double().div_(2.0**53).float()
 
 
@@ -161,7 +162,7 @@ def random_warp(images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int
     `translate` is a fraction of the image size. Digits are never flipped (a flipped 2 is not a 2).
     Works on images in [0, 1] so that the zero padding is the black background.
     """
-    u = counter_uniform(index, seed, epoch, STREAM_AUGMENT, draws=4) * 2 - 1  # (4, B), each in [-1, 1)
+    u = counter_uniform(index, seed, epoch, STREAM_AUGMENT, draws=4) * 2 - 1  # (4, B), each in [-1, 1]
     angle = u[0] * math.radians(degrees)
     zoom = 1 + u[1] * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
