@@ -281,12 +281,13 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         accelerator.register_for_checkpointing(ema)  # part of the training state, so a resumed run is identical
     eval_model = raw_model if ema is None else ema.module  # evaluation runs per process, outside DDP
 
-    # The step's forward and backward: eager, or replayed from a CUDA graph (--cuda_graph, adder/step.py).
-    why_not = graph_unavailable(device, world_size, is_compiled(accelerator)) if config.cuda_graph else None
-    if config.cuda_graph:
-        log.info(f"--cuda_graph: {f'off, {why_not}' if why_not else 'the step is captured at the first batch'}")
+    # The step's forward and backward: replayed from a CUDA graph where one can hold it, else eager (adder/step.py).
+    why_not = "--no_cuda_graph" if config.no_cuda_graph else graph_unavailable(device, world_size,
+                                                                                is_compiled(accelerator))
+    if device.type == "cuda":
+        log.info(f"training step: {f'eager ({why_not})' if why_not else 'a CUDA graph, captured at the first batch'}")
     forward_backward = ForwardBackward(model, loss_fn, train_set, accelerator.backward, seed=config.seed,
-                                       augment=config.augment, cuda_graph=config.cuda_graph and not why_not)
+                                       augment=config.augment, cuda_graph=not why_not)
 
     start_epoch, global_step, best = resume(config, folder, accelerator, log)
     tracking = Tracking.start(accelerator, config.to_dict(), logs_dir=folder.logs, run_name=config.run_name,

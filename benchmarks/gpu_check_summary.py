@@ -9,7 +9,7 @@ it printed) and runs/RUN/ (each training run). Writes to OUT_DIR:
                         training seconds, the seconds from launch to 99.0 % and 99.5 % validation joint
                         accuracy, the seconds before the first epoch and after the last validation, the card,
                         and whether evaluate.py reproduced the test report's counts exactly; mean and std over
-                        the seeds; and the same for the record's seed with --cuda_graph (cuda_graph_run)
+                        the seeds; and the same for the record's seed with the eager step (eager_step_run)
     two_processes.json  evaluate.py over two processes sharing the GPU against one process: the counts of each,
                         and whether they are identical
 and adds each benchmark step's outcome to benchmark_gpu.json and benchmark_compile.json (written by the
@@ -69,9 +69,9 @@ def main() -> int:
     work, out, seeds = Path(sys.argv[1]), Path(sys.argv[2]), [int(seed) for seed in sys.argv[3:]]
 
     rows = [seed_row(work, seed) for seed in seeds]
-    graph_row = seed_row(work, seeds[0], f"graph_seed_{seeds[0]}")
+    eager_row = seed_row(work, seeds[0], f"eager_seed_{seeds[0]}")
     (out / "seeds.json").write_text(json.dumps({"record_seed": seeds[0], "runs": rows, "over_seeds": spread(rows),
-                                                "cuda_graph_run": graph_row}, indent=2))
+                                                "eager_step_run": eager_row}, indent=2))
 
     one, two = counts(printed_json(work, f"evaluate_seed_{seeds[0]}")), counts(printed_json(work, "two_processes"))
     (out / "two_processes.json").write_text(json.dumps({

@@ -6,12 +6,12 @@
 #   bash benchmarks/gpu_search.sh levers DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]
 #
 # speed (about 5 minutes on an H200): in one run of benchmarks/throughput.py each, the classic pipeline
-# against train.py eager bf16, bf16 and fp32 with --cuda_graph, at batch 512 (benchmark_b512.json) and at
-# 1024 with the rate doubled (benchmark_b1024.json); the profile of the --cuda_graph step; README's one-GPU
-# command with --cuda_graph for seeds 42 1 2 3 4, one at a time, so that each wall time is a run's alone
+# against train.py's step eager in bf16 and from a CUDA graph (the default) in bf16 and fp32, at batch 512
+# (benchmark_b512.json) and at 1024 with the rate doubled (benchmark_b1024.json); the profile of the step;
+# README's one-GPU command for seeds 42 1 2 3 4, one at a time, so that each wall time is a run's alone
 # (seeds_graph.json; seed 42's logs/ and best.pt in record_graph.tar); the CUDA tests.
-# levers (--budget, default 420 s): the recipes below, seeds 1-5 five at once (benchmarks/seeds.py --jobs 5,
-# all with --cuda_graph), in order, each begun only if its time limit fits in what is left: NAME.json each.
+# levers (--budget, default 420 s): the recipes below, seeds 1-5 five at once (benchmarks/seeds.py --jobs 5),
+# in order, each begun only if its time limit fits in what is left: NAME.json each.
 # Both parts print to OUT_DIR/search.log and keep every training's console output and metrics.jsonl in
 # OUT_DIR/PART_logs.tar (all a failed or cut-off recipe leaves); the exit status is 1 if a step failed or
 # was cut off. DATA_DIR holds MNIST/raw/ and is only read.
@@ -100,10 +100,10 @@ if [[ $part == speed ]]; then
     step 80 python3 benchmarks/throughput.py --device $device --data_dir "$work/data" \
         --pipelines classic bf16+graph fp32+graph --json "$out/benchmark_b1024.json" "${epochs[@]}" "${size[@]}" \
         "${big_batch[@]}"
-    step 45 python3 benchmarks/profile_step.py --data_dir "$work/data" --mixed_precision bf16 --cuda_graph --rows 25 \
+    step 45 python3 benchmarks/profile_step.py --data_dir "$work/data" --mixed_precision bf16 --rows 25 \
         "${profile[@]}" "${epochs[@]}" "${size[@]}"
     step 200 python3 benchmarks/seeds.py --seeds "${solo_seeds[@]}" --out "$work/graph" --data_dir "$work/data" -- \
-        --cuda_graph "${epochs[@]}" "${size[@]}"
+        "${epochs[@]}" "${size[@]}"
     cp "$work/graph/seeds.json" "$out/seeds_graph.json" 2> /dev/null
     tar -C "$work/graph/seed_${solo_seeds[0]}" -cf "$out/record_graph.tar" logs best.pt 2> /dev/null
     # -o addopts=: the GPU machine may lack pytest-xdist, which pyproject.toml's options ask for.
@@ -115,7 +115,7 @@ else
         if (( left < limit )); then say "$name skipped: $left s left, its limit is $limit s"; continue; fi
         # shellcheck disable=SC2086  # the recipe's flags are words
         step "$limit" python3 benchmarks/seeds.py --seeds 1 2 3 4 5 --jobs 5 --out "$work/$name" \
-            --data_dir "$work/data" -- --cuda_graph "${size[@]}" $flags
+            --data_dir "$work/data" -- "${size[@]}" $flags
         cp "$work/$name/seeds.json" "$out/$name.json" 2> /dev/null
     done
 fi

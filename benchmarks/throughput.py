@@ -7,14 +7,15 @@
 
 Any further flag is train.py's (adder/config.py's TrainConfig); without any, every pipeline uses its defaults.
 
---pipelines (default: classic fp32 bf16), each run in turn in this one process on the same device:
+--pipelines (default: classic fp32 bf16 on a CPU; classic bf16 bf16+graph on a GPU), each run in turn in this
+one process on the same device:
     classic          torchvision MNIST, per-sample ToTensor + Normalize, a random addend per sample, DataLoader
                      with batch 128 and 4 workers, fp32; a plain training loop
-    fp32, bf16       train.py itself (its real loop, via train.main): the split held on the device, batch 512,
-                     on-device augmentation, channels_last; without autocast, and with bf16 autocast (the
-                     shipped accelerate config's setting)
-    bf16+graph       bf16, the whole step (batch, forward, backward) replayed from one CUDA graph: train.py
-                     --cuda_graph (adder/step.py); on the CPU the same as bf16
+    fp32, bf16       train.py itself (its real loop, via train.main) with its step launched kernel by kernel
+                     (--no_cuda_graph): the split held on the device, batch 512, on-device augmentation,
+                     channels_last; without autocast, and with bf16 autocast (the shipped accelerate config's)
+    bf16+graph       bf16, the whole step (batch, forward, backward) replayed from one CUDA graph: train.py's
+                     default on a CUDA GPU (adder/step.py); on the CPU the same as bf16
     fp32+graph       the same without autocast: a graph replays the step's kernels at no launch cost, which
                      leaves their own time, and autocast's casts are kernels too
     bf16+compile     bf16, the model through torch.compile, as `accelerate launch --dynamo_backend inductor`
@@ -141,10 +142,10 @@ def summary(name: str, seconds: list[float], images: int, notes: dict | None = N
 # classic is its own loop.
 PIPELINES = {
     "classic": ("classic DataLoader, fp32, batch 128", None, None, []),
-    "fp32": ("project (train.py), fp32", "no", None, []),
-    "bf16": ("project (train.py), bf16 autocast", "bf16", None, []),
-    "bf16+graph": ("project (train.py), bf16, --cuda_graph", "bf16", None, ["--cuda_graph"]),
-    "fp32+graph": ("project (train.py), fp32, --cuda_graph", "no", None, ["--cuda_graph"]),
+    "fp32": ("project (train.py), fp32, eager step", "no", None, ["--no_cuda_graph"]),
+    "bf16": ("project (train.py), bf16 autocast, eager step", "bf16", None, ["--no_cuda_graph"]),
+    "bf16+graph": ("project (train.py), bf16, CUDA-graph step (the GPU default)", "bf16", None, []),
+    "fp32+graph": ("project (train.py), fp32, CUDA-graph step", "no", None, []),
     "bf16+compile": ("project (train.py), bf16, torch.compile", "bf16", "default", []),
     "bf16+cudagraphs": ("project (train.py), bf16, torch.compile reduce-overhead", "bf16", "reduce-overhead", []),
 }
@@ -156,8 +157,8 @@ def main() -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data_dir", default=TrainConfig.data_dir)
     p.add_argument("--epochs", type=int, default=3, help="epochs per pipeline; the first counts as warm-up")
-    p.add_argument("--pipelines", nargs="+", choices=list(PIPELINES), default=["classic", "fp32", "bf16"],
-                   help="what to run, in this order; the first is the baseline")
+    p.add_argument("--pipelines", nargs="+", choices=list(PIPELINES),
+                   help="what to run, in this order; the first is the baseline (default: see above)")
     p.add_argument("--compile_backend", choices=["inductor", "eager"], default="inductor",
                    help="torch.compile's backend for the compiled pipelines")
     p.add_argument("--json", type=Path, help="also write the table as JSON here")
@@ -167,6 +168,8 @@ def main() -> int:
     # train.py's own parser checks the flags meant for it, and gives the settings the pipelines share.
     config = parse_config([*train_flags, "--data_dir", args.data_dir, "--epochs", str(args.epochs)])
     device = torch.device(args.device)
+    if args.pipelines is None:
+        args.pipelines = ["classic", "bf16", "bf16+graph"] if device.type == "cuda" else ["classic", "fp32", "bf16"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
     project_images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size  # the held-out ones excluded

@@ -82,15 +82,16 @@ def test_a_step_replayed_from_a_cuda_graph_trains_as_the_eager_step_does(tiny_mn
 
 def test_train_py_with_a_cuda_graph_in_bf16_trains_as_without(tiny_mnist, tmp_path):
     runs = {}
-    for name, flags in (("eager", []), ("graph", ["--cuda_graph"])):
+    for name, flags in (("eager", ["--no_cuda_graph"]), ("graph", [])):
         run_cli(["train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(tmp_path / name), "--epochs", "2",
                  "--mixed_precision", "bf16", "--val_size", "100", "--batch_size", "32", "--report_to", "none",
                  *flags, *TINY_MODEL])
         logs = tmp_path / name / "logs"
         runs[name] = (json.loads((logs / "metrics.jsonl").read_text().splitlines()[0]),
                       json.loads((logs / "test_metrics.json").read_text()))
-    graph_log = (tmp_path / "graph" / "logs" / "console.log").read_text()
-    assert "--cuda_graph: the step is captured at the first batch" in graph_log
+    logs = {name: (tmp_path / name / "logs" / "console.log").read_text() for name in runs}
+    assert "training step: a CUDA graph, captured at the first batch" in logs["graph"]
+    assert "training step: eager (--no_cuda_graph)" in logs["eager"]
     # The same kernels in the same order: only cuDNN's non-deterministic reductions may tell them apart, and
     # choosing best.pt out of two epochs of a tiny run can magnify that, so the bounds are loose.
     (eager_epoch, eager_test), (graph_epoch, graph_test) = runs["eager"], runs["graph"]

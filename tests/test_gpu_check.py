@@ -14,8 +14,8 @@ OUTPUTS = {"gpu.txt", "cuda_tests.txt", "benchmark_gpu.json", "record.tar", "see
            "benchmark_compile.json", "check.log"}
 RECORD = {"best.pt", "logs/console.log", "logs/metrics.jsonl", "logs/test_metrics.json", "logs/curves.png",
           "logs/confusion.png", "logs/test_predictions.png"}
-STEPS = ["train_seed_42", "evaluate_seed_42", "train_seed_1", "evaluate_seed_1", "train_graph_seed_42",
-         "evaluate_graph_seed_42", "benchmark", "cuda_tests", "two_processes", "profile", "benchmark_compile"]
+STEPS = ["train_seed_42", "evaluate_seed_42", "train_seed_1", "evaluate_seed_1", "train_eager_seed_42",
+         "evaluate_eager_seed_42", "benchmark", "cuda_tests", "two_processes", "profile", "benchmark_compile"]
 
 
 def gpu_check(data, out, *flags, timeout=600):
@@ -49,11 +49,11 @@ def test_the_dry_run_writes_every_output_within_the_limits(smoke):
     assert len(benchmark["rows"]) == 3 and benchmark["device"].startswith("CPU")
     compiled = json.loads((smoke / "benchmark_compile.json").read_text())
     assert [row["pipeline"] for row in compiled["rows"]] == [
-        "project (train.py), bf16 autocast", "project (train.py), bf16, --cuda_graph",
+        "project (train.py), bf16 autocast, eager step", "project (train.py), bf16, CUDA-graph step (the GPU default)",
         "project (train.py), bf16, torch.compile", "project (train.py), bf16, torch.compile reduce-overhead"]
     assert all(row["steady_s"] > 0 for row in compiled["rows"]) and len(compiled["ratios"]) == 3
     log = (smoke / "check.log").read_text()
-    assert "--cuda_graph: off, it needs a CUDA GPU" in log  # the graph's row ran, eagerly on the CPU
+    assert "training step:" not in log  # which step runs is a line on a GPU only: the CPU's is always eager
     assert "profile: CPU" in log and "per step: wall" in log  # the profile's table is only in the log
     for mode in ("default", "reduce-overhead"):  # the compiled rows did go through torch.compile
         assert f"torch.compile: backend eager, mode {mode}" in log
@@ -79,9 +79,9 @@ def test_every_seed_is_tabled_and_reproduced_by_evaluate(smoke):
     outside = record["seconds_before_first_epoch"] + record["seconds_after_last_validation"]
     assert 0 < outside < record["wall_s"] - sum(epoch["train_seconds"] for epoch in epochs)
     assert record["seconds_to_val_joint_99_0"] is None  # the tiny task never gets there
-    graph = table["cuda_graph_run"]  # on the CPU the eager step, with a note: the same run as the record's
-    assert graph["outcome"] == "ok" and graph["evaluate_reproduced"] is True
-    assert graph["test_counts"] == record["test_counts"]
+    eager = table["eager_step_run"]  # on the CPU the default step is eager too: the same run as the record's
+    assert eager["outcome"] == "ok" and eager["evaluate_reproduced"] is True
+    assert eager["test_counts"] == record["test_counts"]
 
 
 def test_two_processes_give_the_counts_of_one(smoke):
