@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from adder.metrics import report, scalars
 from adder.model import AdderNet, ShiftAveraged, count_parameters
 from adder.optim import build_optimizer
 from adder.plots import read_metrics, run_figures, save_figures
-from adder.step import ForwardBackward, graph_unavailable
+from adder.step import CaptureFailed, ForwardBackward, why_eager
 from adder.tracking import Tracking
 from adder.training_state import (ResumeError, changed_settings, is_compiled, load_training_state, resolve_state,
                                   save_training_state)
@@ -92,6 +93,18 @@ def console_log(path: Path, main_process: bool) -> logging.Logger:
         package_log.setLevel(logging.CRITICAL + 1)
         package_log.addHandler(logging.NullHandler())
     return logging.getLogger("adder.train")
+
+
+def seconds_since_process_start() -> float | None:
+    """Wall seconds since this process began (its interpreter, imports and so on), from Linux's /proc; None
+    elsewhere."""
+    try:
+        # Field 22 of /proc/self/stat, the start in clock ticks since boot; the name before it may hold spaces.
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def format_metrics(metrics: dict) -> str:
@@ -282,12 +295,12 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     eval_model = raw_model if ema is None else ema.module  # evaluation runs per process, outside DDP
 
     # The step's forward and backward: replayed from a CUDA graph where one can hold it, else eager (adder/step.py).
-    why_not = "--no_cuda_graph" if config.no_cuda_graph else graph_unavailable(device, world_size,
-                                                                                is_compiled(accelerator))
-    if device.type == "cuda":
-        log.info(f"training step: {f'eager ({why_not})' if why_not else 'a CUDA graph, captured at the first batch'}")
+    eager_because = why_eager(device, world_size, is_compiled(accelerator), config.no_cuda_graph)
+    if device.type == "cuda":  # on a CPU the step is always eager: nothing to say
+        step_kind = f"eager ({eager_because})" if eager_because else "a CUDA graph, captured at the first batch"
+        log.info(f"training step: {step_kind}")
     forward_backward = ForwardBackward(model, loss_fn, train_set, accelerator.backward, seed=config.seed,
-                                       augment=config.augment, cuda_graph=not why_not)
+                                       augment=config.augment, cuda_graph=eager_because is None)
 
     start_epoch, global_step, best = resume(config, folder, accelerator, log)
     tracking = Tracking.start(accelerator, config.to_dict(), logs_dir=folder.logs, run_name=config.run_name,
@@ -390,6 +403,9 @@ def main(argv=None) -> int:
     device = accelerator.device
     log.info(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
              f"{accelerator.num_processes} process(es), mixed precision: {accelerator.mixed_precision}")
+    started = seconds_since_process_start()
+    if started is not None:
+        log.info(f"process started {started:.1f}s ago (interpreter, imports, Accelerator, CUDA)")
     if is_compiled(accelerator):
         dynamo = accelerator.state.dynamo_plugin
         log.info(f"torch.compile: backend {dynamo.backend.value.lower()}, mode {dynamo.mode}")
@@ -402,7 +418,7 @@ def main(argv=None) -> int:
 
     try:
         train(config, folder, accelerator, log)
-    except RunFailed as err:
+    except (RunFailed, CaptureFailed) as err:
         log.error(f"error: {err}")
         return 1
     finally:

@@ -100,8 +100,8 @@ class TrainConfig:
     cpu: bool = setting(False, "train on the CPU even if a GPU is present")
     mixed_precision: str | None = setting(None, "no, fp16 or bf16 (default: the accelerate config's on a GPU; on "
                                                 "a CPU bf16 where it is native, else no)", choices=["no", "fp16", "bf16"])
-    no_cuda_graph: bool = setting(False, "on a CUDA GPU, launch the training step's kernels one by one instead of "
-                                         "replaying them from a CUDA graph (used with one process, without torch.compile)")
+    no_cuda_graph: bool = setting(False, "on a CUDA GPU, launch the training step's kernels one by one instead "
+                                         "of replaying them from a CUDA graph (one process, no torch.compile)")
     # bookkeeping
     output_dir: str = setting(".", "where best.pt, checkpoints/ and logs/ go")
     resume_from_checkpoint: str | None = setting(None, "continue a run: 'latest' or a checkpoints/epoch_N folder "

@@ -2,8 +2,8 @@
 
 On a CUDA GPU (one process, no torch.compile; not with --no_cuda_graph), they are captured once in a CUDA
 graph and then replayed: the step's few hundred small kernels start with one call instead of one Python
-dispatch each, which is where a network this small spends its time on a GPU (3.9x faster epochs on an H200:
-docs/experiments.md). A graph replays fixed memory, so what changes from step to step is
+dispatch each, which is where a network this small spends its time on a GPU (epochs 2.6-3.9x faster on an
+H200, 2026-11-28: docs/experiments.md). A graph replays fixed memory, so what changes from step to step is
 written into tensors it reads in place: the batch's image indices and the epoch (which keys the addends
 and the augmentation). The optimiser's step stays outside the graph: the one-cycle schedule changes the
 learning rate and momentum every step, and torch.optim.SGD reads them as Python numbers.
@@ -23,14 +23,20 @@ from adder.data import DeviceMNIST
 WARMUP_STEPS = 3
 
 
-def graph_unavailable(device: torch.device, processes: int, compiled: bool) -> str | None:
-    """Why a CUDA graph cannot hold this run's step (it then runs eagerly), or None if it can."""
+class CaptureFailed(RuntimeError):
+    """The step could not be captured in a CUDA graph; the message says how to run it eagerly."""
+
+
+def why_eager(device: torch.device, processes: int, compiled: bool, no_cuda_graph: bool) -> str | None:
+    """Why this run's step is launched kernel by kernel, or None: it is replayed from a CUDA graph."""
+    if no_cuda_graph:
+        return "--no_cuda_graph"
     if device.type != "cuda":
-        return "it needs a CUDA GPU"
+        return "a CUDA graph needs a CUDA GPU"
     if processes > 1:
-        return "it is used with one process only (DDP's gradient exchange is not captured)"
+        return "a CUDA graph needs one process: DDP's gradient exchange is not captured"
     if compiled:
-        return "torch.compile is on, and its mode reduce-overhead is its own CUDA graphs"
+        return "torch.compile is on; its mode reduce-overhead makes CUDA graphs of its own"
     return None
 
 
@@ -97,8 +103,12 @@ class ForwardBackward:
             torch.cuda.current_stream().wait_stream(side)
             self.model.zero_grad(set_to_none=True)  # the captured backward allocates the gradients it writes
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.graph_loss = self.forward_backward(self.graph_index, self.graph_epoch)
+            try:
+                with torch.cuda.graph(graph):
+                    self.graph_loss = self.forward_backward(self.graph_index, self.graph_epoch)
+            except RuntimeError as err:  # the same step ran eagerly just above: the capture itself failed
+                raise CaptureFailed(f"capturing the training step in a CUDA graph failed ({str(err).splitlines()[0]});"
+                                    f" --no_cuda_graph launches its kernels one by one instead") from err
         finally:
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), statistics):

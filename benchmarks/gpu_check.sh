@@ -13,8 +13,8 @@
 # and tqdm is all it needs. OUT_DIR (new or empty) receives eight files, each well under 16 MB:
 #   gpu.txt             the card, as nvidia-smi names it
 #   cuda_tests.txt      pytest tests/test_cuda.py
-#   benchmark_gpu.json  benchmarks/throughput.py: the classic DataLoader pipeline against the project's, fp32
-#                       and bf16, same run, same card
+#   benchmark_gpu.json  benchmarks/throughput.py's default on a GPU: the classic DataLoader pipeline against
+#                       train.py's step in bf16, eager and from a CUDA graph, same run, same card
 #   record.tar          the seed-42 run as its folder holds it: logs/ (console.log, metrics.jsonl,
 #                       test_metrics.json, the three figures) and best.pt
 #   seeds.json          per seed: test accuracies, best epoch, wall seconds from launch to exit, steady epoch

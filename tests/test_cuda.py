@@ -1,4 +1,5 @@
-"""The GPU path: the same pairs and augmentation as on the CPU, and a bf16 training run. Skipped without CUDA."""
+"""The GPU path: the same pairs and augmentation as on the CPU, and training runs with and without the CUDA graph.
+Skipped without CUDA."""
 
 import copy
 import json
@@ -80,12 +81,15 @@ def test_a_step_replayed_from_a_cuda_graph_trains_as_the_eager_step_does(tiny_mn
                                    msg=lambda message, name=name: f"{name}: {message}")
 
 
-def test_train_py_with_a_cuda_graph_in_bf16_trains_as_without(tiny_mnist, tmp_path):
+# The default's precision; fp16, whose loss scale the graph reads and the optimiser step updates in place; and
+# a moving average of the weights, updated after each replayed step.
+@pytest.mark.parametrize("settings", [["--mixed_precision", "bf16"], ["--mixed_precision", "fp16"],
+                                      ["--mixed_precision", "bf16", "--ema_decay", "0.9"]])
+def test_train_py_with_a_cuda_graph_trains_as_without(tiny_mnist, tmp_path, settings):
     runs = {}
     for name, flags in (("eager", ["--no_cuda_graph"]), ("graph", [])):
         run_cli(["train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(tmp_path / name), "--epochs", "2",
-                 "--mixed_precision", "bf16", "--val_size", "100", "--batch_size", "32", "--report_to", "none",
-                 *flags, *TINY_MODEL])
+                 "--val_size", "100", "--batch_size", "32", "--report_to", "none", *settings, *flags, *TINY_MODEL])
         logs = tmp_path / name / "logs"
         runs[name] = (json.loads((logs / "metrics.jsonl").read_text().splitlines()[0]),
                       json.loads((logs / "test_metrics.json").read_text()))

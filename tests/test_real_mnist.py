@@ -41,7 +41,8 @@ def test_the_shipped_model_reproduces_its_report(real_mnist):
     # training_logs/ ships the record run: its best.pt, scored again, must give the report the run wrote. The run
     # was trained and scored on a GPU, whose fp32 convolutions round differently (TF32 by default): scored on
     # this CPU, a pair whose two best answers are within rounding of each other may flip (measured: 1 of 100,000).
-    # On the GPU, evaluate.py reproduces every count (training_logs/seeds.json: evaluate_reproduced).
+    # On the GPU, evaluate.py reproduced every count of the same weights (the eager step's record at d5e034f, whose
+    # weights the shipped CUDA-graph run matches bit for bit: `git show 3cc6271:training_logs/seeds.json`).
     result = run_cli(["evaluate.py", "--ckpt", str(ROOT / "training_logs" / "best.pt"), "--data_dir", str(real_mnist),
                       "--cpu", "--json"])
     evaluated = json.loads(result.stdout.strip().splitlines()[-1])

@@ -9,19 +9,21 @@ import torch
 from adder.data import DeviceMNIST, load_mnist
 from adder.loss import AdderLoss
 from adder.model import AdderNet, ModelConfig
-from adder.step import ForwardBackward, graph_unavailable
+from adder.step import ForwardBackward, why_eager
 
 
-@pytest.mark.parametrize("device, processes, compiled, reason", [
-    ("cuda", 1, False, None),
-    ("cpu", 1, False, "it needs a CUDA GPU"),
-    ("cuda", 2, False, "one process only"),
-    ("cuda", 1, True, "torch.compile is on"),
+@pytest.mark.parametrize("device, processes, compiled, no_cuda_graph, reason", [
+    ("cuda", 1, False, False, None),
+    ("cuda", 1, False, True, "--no_cuda_graph"),
+    ("cpu", 1, False, False, "needs a CUDA GPU"),
+    ("cpu", 1, False, True, "--no_cuda_graph"),
+    ("cuda", 2, False, False, "needs one process"),
+    ("cuda", 1, True, False, "torch.compile is on"),
 ])
-def test_a_cuda_graph_is_used_with_one_process_on_a_cuda_gpu_without_torch_compile(device, processes, compiled,
-                                                                                    reason):
-    why_not = graph_unavailable(torch.device(device), processes, compiled)
-    assert why_not is None if reason is None else reason in why_not
+def test_the_step_is_a_cuda_graph_with_one_process_on_a_cuda_gpu_without_torch_compile(device, processes, compiled,
+                                                                                       no_cuda_graph, reason):
+    eager_because = why_eager(torch.device(device), processes, compiled, no_cuda_graph)
+    assert eager_because is None if reason is None else reason in eager_because
 
 
 def test_the_eager_step_leaves_the_gradients_of_the_batch_loss(tiny_mnist):
