@@ -18,6 +18,8 @@ one process on the same device:
                      default on a CUDA GPU (adder/step.py); on the CPU the same as bf16
     fp32+graph       the same without autocast: a graph replays the step's kernels at no launch cost, which
                      leaves their own time, and autocast's casts are kernels too
+    bf16+graph+autotune  bf16+graph with torch.backends.cudnn.benchmark on: cuDNN times its algorithms for each
+                     convolution's shape at the first steps and keeps the fastest (the graph then replays those)
     bf16+compile     bf16, the model through torch.compile, as `accelerate launch --dynamo_backend inductor`
     bf16+cudagraphs  the same in torch.compile's "reduce-overhead" mode (CUDA graphs; as --dynamo_mode
                      reduce-overhead), which replays each step's kernels without launching them one by one;
@@ -105,7 +107,8 @@ def classic_epochs(data_dir: str, model_config: ModelConfig, device: torch.devic
 
 
 def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.device, precision: str,
-                   compile_mode: str | None = None, compile_backend: str = "inductor") -> tuple[list[float], dict]:
+                   compile_mode: str | None = None, compile_backend: str = "inductor",
+                   autotune: bool = False) -> tuple[list[float], dict]:
     """train.py's seconds per training pass, and for a compiled run how often inductor fell back from CUDA
     graphs. With compile_mode, the model goes through
     torch.compile as `accelerate launch --dynamo_backend ... --dynamo_mode ...` asks for it; every other
@@ -114,7 +117,10 @@ def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.de
               "ACCELERATE_DYNAMO_MODE": compile_mode or "default", "ACCELERATE_DYNAMO_USE_FULLGRAPH": "false",
               "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION": "false"}
     notes = {}
-    with tempfile.TemporaryDirectory() as out, mock.patch.dict(os.environ, dynamo):
+    cudnn = torch.backends.cudnn
+    with (tempfile.TemporaryDirectory() as out, mock.patch.dict(os.environ, dynamo),
+          cudnn.flags(enabled=cudnn.enabled, benchmark=autotune, deterministic=cudnn.deterministic,
+                      allow_tf32=cudnn.allow_tf32)):  # every cuDNN setting as it was, but the autotuning
         os.environ.pop("ACCELERATE_DYNAMO_USE_DYNAMIC", None)  # restored on leaving the block
         argv = [*train_flags, "--data_dir", config.data_dir, "--output_dir", out, "--epochs", str(config.epochs),
                 "--report_to", "none", "--mixed_precision", precision] + (["--cpu"] if device.type == "cpu" else [])
@@ -138,16 +144,17 @@ def summary(name: str, seconds: list[float], images: int, notes: dict | None = N
     return {"pipeline": name, "first_s": seconds[0], "steady_s": steady, "images_per_s": images / steady} | (notes or {})
 
 
-# name: (what the table calls it, train.py's --mixed_precision, torch.compile mode, further train.py flags);
-# classic is its own loop.
+# name: (what the table calls it, train.py's --mixed_precision, torch.compile mode, further train.py flags,
+# whether cuDNN times its algorithms for each shape and keeps the fastest); classic is its own loop.
 PIPELINES = {
-    "classic": ("classic DataLoader, fp32, batch 128", None, None, []),
-    "fp32": ("project (train.py), fp32, eager step", "no", None, ["--no_cuda_graph"]),
-    "bf16": ("project (train.py), bf16 autocast, eager step", "bf16", None, ["--no_cuda_graph"]),
-    "bf16+graph": ("project (train.py), bf16, CUDA-graph step (the GPU default)", "bf16", None, []),
-    "fp32+graph": ("project (train.py), fp32, CUDA-graph step", "no", None, []),
-    "bf16+compile": ("project (train.py), bf16, torch.compile", "bf16", "default", []),
-    "bf16+cudagraphs": ("project (train.py), bf16, torch.compile reduce-overhead", "bf16", "reduce-overhead", []),
+    "classic": ("classic DataLoader, fp32, batch 128", None, None, [], False),
+    "fp32": ("project (train.py), fp32, eager step", "no", None, ["--no_cuda_graph"], False),
+    "bf16": ("project (train.py), bf16 autocast, eager step", "bf16", None, ["--no_cuda_graph"], False),
+    "bf16+graph": ("project (train.py), bf16, CUDA-graph step (the GPU default)", "bf16", None, [], False),
+    "fp32+graph": ("project (train.py), fp32, CUDA-graph step", "no", None, [], False),
+    "bf16+graph+autotune": ("project (train.py), bf16, CUDA-graph step, cudnn.benchmark", "bf16", None, [], True),
+    "bf16+compile": ("project (train.py), bf16, torch.compile", "bf16", "default", [], False),
+    "bf16+cudagraphs": ("project (train.py), bf16, torch.compile reduce-overhead", "bf16", "reduce-overhead", [], False),
 }
 
 
@@ -175,13 +182,13 @@ def main() -> int:
     project_images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size  # the held-out ones excluded
     rows = []
     for pipeline in args.pipelines:
-        label, precision, compile_mode, flags = PIPELINES[pipeline]
+        label, precision, compile_mode, flags, autotune = PIPELINES[pipeline]
         try:
             if pipeline == "classic":
                 rows.append(summary(label, *classic_epochs(config.data_dir, config.model_config, device, config.epochs)))
             else:
                 seconds, notes = project_epochs([*train_flags, *flags], config, device, precision, compile_mode,
-                                                args.compile_backend)
+                                                args.compile_backend, autotune)
                 rows.append(summary(label, seconds, project_images, notes))
         except Exception as err:  # noqa: BLE001 - a benchmark records what failed and measures the rest
             traceback.print_exc()
