@@ -44,17 +44,8 @@ usage="usage: bash benchmarks/gpu_check.sh DATA_DIR OUT_DIR [--smoke] [--budget 
 (( $# >= 2 )) || { echo "$usage" >&2; exit 2; }
 data=$1 out=$2
 shift 2
-smoke=false budget=480
-while (( $# )); do
-    case $1 in
-        --smoke) smoke=true ;;
-        --budget) [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "error: --budget takes a number of seconds" >&2; exit 2; }
-                  budget=$2; shift ;;
-        *) echo "error: unknown argument $1; $usage" >&2; exit 2 ;;
-    esac
-    shift
-done
-[[ -d $data/MNIST/raw ]] || { echo "error: $data/MNIST/raw not found: DATA_DIR must hold MNIST/raw/" >&2; exit 2; }
+budget=480
+source "$(dirname "$0")/gpu_options.sh" && parse_options "$@"
 mkdir -p "$out" || exit 2
 [[ -z $(ls -A "$out") ]] || { echo "error: $out is not empty: the check writes into a new or empty folder" >&2; exit 2; }
 data=$(cd "$data" && pwd) out=$(cd "$out" && pwd)

@@ -26,17 +26,8 @@ usage="usage: bash benchmarks/gpu_search.sh {speed|levers} DATA_DIR OUT_DIR [--s
 part=$1 data=$2 out=$3
 shift 3
 [[ $part == speed || $part == levers ]] || { echo "error: the part is speed or levers; $usage" >&2; exit 2; }
-smoke=false budget=420
-while (( $# )); do
-    case $1 in
-        --smoke) smoke=true ;;
-        --budget) [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "error: --budget takes a number of seconds" >&2; exit 2; }
-                  budget=$2; shift ;;
-        *) echo "error: unknown argument $1; $usage" >&2; exit 2 ;;
-    esac
-    shift
-done
-[[ -d $data/MNIST/raw ]] || { echo "error: $data/MNIST/raw not found: DATA_DIR must hold MNIST/raw/" >&2; exit 2; }
+budget=420
+source "$(dirname "$0")/gpu_options.sh" && parse_options "$@"
 mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
 cd "$(dirname "$0")/.."
 
