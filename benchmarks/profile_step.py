@@ -3,12 +3,15 @@
     python benchmarks/profile_step.py --data_dir data --mixed_precision bf16   # the default's step, as the
                                                                                # shipped config runs it
     python benchmarks/profile_step.py --data_dir data --steps 50 --batch_size 1024   # any train.py flag
+    python benchmarks/profile_step.py --data_dir data --mixed_precision bf16 --no_cuda_graph --shapes
 
 Runs train.py (train.main, tracking off) and profiles `--steps` optimiser steps of its second epoch, after
 a whole epoch of warm-up (CUDA's lazy start, torch.compile's compilation, the allocator's first requests).
 Prints, per step: wall time, the time the GPU spent in kernels, the gap between the two (time the GPU
 waited for the host: launches, Python, synchronisations), kernels run and host synchronisations; then
-the operations that took the most time. On the CPU only the operation table means much. The profiler steps
+the operations that took the most time. --shapes lists them by input shape as well, which tells which
+layer a convolution kernel belongs to; a step replayed from a CUDA graph hides the operations behind its
+kernels, so that needs --no_cuda_graph. On the CPU only the operation tables mean much. The profiler steps
 from inside the optimiser's own profiling range, so CPU totals nest oddly at the window's ends; self
 times are unaffected.
 
@@ -43,6 +46,7 @@ def main() -> int:
                                 allow_abbrev=False)  # train.py's flags pass through whole
     p.add_argument("--steps", type=int, default=30, help="optimiser steps to profile")
     p.add_argument("--rows", type=int, default=15, help="operations to list")
+    p.add_argument("--shapes", action="store_true", help="also list the operations by their input shapes")
     args, train_flags = p.parse_known_args()
     config = parse_config(train_flags)
     cuda = torch.cuda.is_available() and not config.cpu
@@ -68,7 +72,7 @@ def main() -> int:
         prof.step()
 
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
-                 schedule=schedule(wait=steps_per_epoch, warmup=warmup, active=args.steps, repeat=1)) as prof:
+                 record_shapes=args.shapes, schedule=schedule(wait=steps_per_epoch, warmup=warmup, active=args.steps, repeat=1)) as prof:
         hook = register_optimizer_step_post_hook(after_step)
         try:
             with tempfile.TemporaryDirectory() as out:
@@ -101,6 +105,11 @@ def main() -> int:
         print(" (CPU: no device timeline; the table shows where the host time goes)")
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(events.table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=60))
+    if args.shapes:
+        # Totals, not self times: a convolution's kernels run under aten ops nested below the one with the shapes.
+        print(prof.key_averages(group_by_input_shape=True).table(
+            sort_by=sort_by.replace("self_", ""), row_limit=args.rows, max_name_column_width=40,
+            max_shapes_column_width=80))
     return 0
 
 
