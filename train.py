@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast, broadcast_object_list, gather_object, set_seed
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from adder.checkpoint import CheckpointError, atomic_write_text, load_model, read_checkpoint, save_checkpoint
@@ -201,7 +202,8 @@ def best_so_far(config: TrainConfig, folder: RunFolder, accelerator: Accelerator
     return max(saved_best, kept, key=lambda best: best["joint_acc"])
 
 
-def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log: logging.Logger):
+def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, ema: AveragedModel | None,
+           log: logging.Logger):
     """(first epoch to run, global step, best validation so far): from the saved training state with
     --resume_from_checkpoint, whose settings that shape the run must be this command's; else a fresh start.
 
@@ -222,7 +224,7 @@ def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log
                         f"needs the same checkpoints/ folder on each")
     progress, refusal = None, None
     try:
-        progress = load_training_state(accelerator, state_dir, config, accelerator.num_processes)
+        progress = load_training_state(accelerator, state_dir, config, ema)
     except ResumeError as err:
         refusal = str(err)
     except Exception as err:  # a file of the state missing or damaged on this process's disk
@@ -289,9 +291,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     # The model that is validated, saved and tested: the weights themselves, or with --ema_decay a moving
     # average of them (and of BatchNorm's statistics) over the last ~1/(1-decay) steps. The average is only
     # built when asked for: its update waits for the device once a step (see adder/ema.py).
-    ema = moving_average(raw_model, config.ema_decay) if config.ema_decay else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)  # part of the training state, so a resumed run is identical
+    ema = moving_average(raw_model, config.ema_decay) if config.ema_decay else None  # saved with the state
     eval_model = raw_model if ema is None else ema.module  # evaluation runs per process, outside DDP
 
     # The step's forward and backward: replayed from a CUDA graph where one can hold it, else eager (adder/step.py).
@@ -302,7 +302,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     forward_backward = ForwardBackward(model, loss_fn, train_set, accelerator.backward, seed=config.seed,
                                        augment=config.augment, cuda_graph=eager_because is None)
 
-    start_epoch, global_step, best = resume(config, folder, accelerator, log)
+    start_epoch, global_step, best = resume(config, folder, accelerator, ema, log)
     tracking = Tracking.start(accelerator, config.to_dict(), logs_dir=folder.logs, run_name=config.run_name,
                               log_model=not config.no_log_model)
 
@@ -369,7 +369,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
             best = {"epoch": epoch, "joint_acc": val["joint_acc"]}
         with saving(folder.checkpoints / f"epoch_{epoch:03d}", still_safe(best["epoch"], saved_epoch=epoch - 1)):
             save_training_state(accelerator, folder.checkpoints, epoch, global_step, best, config,
-                                keep=config.keep_states)
+                                keep=config.keep_states, ema=ema)
     accelerator.wait_for_everyone()
     log.info(f"training done in {time.perf_counter() - run_start:.1f}s")
 

@@ -4,6 +4,9 @@ Each state is saved into `epoch_NNN.partial/` and renamed to `epoch_NNN/` only o
 so a crash during a save leaves no folder that looks complete. Only the newest `keep` states are kept.
 Beside accelerate's files, progress.json records where the run stood and the settings it ran with: a
 resumed run must use the same ones, or its schedule, data order or weights would not fit the saved state.
+With --ema_decay, ema.pt holds the moving average. It is not handed to accelerate's
+register_for_checkpointing, whose file load_state unpickles with weights_only=False: a training state
+folder is untrusted input, like best.pt, so every file in it is read as tensors only.
 
 Several nodes: the main process writes the model, optimiser and schedule, every process its random
 states, and each node's first process names (and prunes) the folders on its own disk. Resuming needs the
@@ -18,13 +21,16 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, DynamoBackend
+from torch.optim.swa_utils import AveragedModel
 
 from adder.config import TrainConfig
 
 _STATE_NAME = re.compile(r"^epoch_(\d+)$")
 PROGRESS_FILE = "progress.json"
+EMA_FILE = "ema.pt"
 # Settings that shape the saved state or the rest of the run: the schedule's length, the model's tensors,
 # the optimiser's state, the data order. The others (logging, output, tracking, precision) may change.
 MUST_MATCH = ("epochs", "batch_size", "widths", "sum_head", "sum_hidden", "optimizer", "lr", "weight_decay",
@@ -62,13 +68,15 @@ def saved_states(checkpoints_dir: Path) -> list[Path]:
 
 
 def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: int, global_step: int, best: dict,
-                        config: TrainConfig, keep: int) -> None:
+                        config: TrainConfig, keep: int, ema: AveragedModel | None = None) -> None:
     final = checkpoints_dir / f"epoch_{epoch:03d}"
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_local_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    if ema is not None and accelerator.is_main_process:  # the same on every process, like the weights
+        torch.save(ema.state_dict(), partial / EMA_FILE)
     accelerator.wait_for_everyone()  # every process has written its part (each saves its own RNG state)
     # The main process names the state; so does each other node's first process where the main process's
     # files are not on its disk (no shared filesystem). Decided before anything is renamed.
@@ -125,10 +133,13 @@ def check_settings(progress: dict, config: TrainConfig, processes: int, *, compi
                           f"same accelerate launch settings, or start a new run with --output_dir NEW_DIR.")
 
 
-def load_training_state(accelerator: Accelerator, state_dir: Path, config: TrainConfig, processes: int) -> dict:
-    """Check the settings, then restore model, optimizer, scheduler and RNGs; returns the saved progress
-    ({'epoch', 'global_step', 'best', ...})."""
+def load_training_state(accelerator: Accelerator, state_dir: Path, config: TrainConfig,
+                        ema: AveragedModel | None = None) -> dict:
+    """Check the settings, then restore model, optimizer, scheduler, RNGs and the moving average; returns the
+    saved progress ({'epoch', 'global_step', 'best', ...})."""
     progress = json.loads((state_dir / PROGRESS_FILE).read_text())
-    check_settings(progress, config, processes, compiled=is_compiled(accelerator))
+    check_settings(progress, config, accelerator.num_processes, compiled=is_compiled(accelerator))
     accelerator.load_state(str(state_dir))
+    if ema is not None:
+        ema.load_state_dict(torch.load(state_dir / EMA_FILE, map_location="cpu", weights_only=True))
     return progress

@@ -18,8 +18,9 @@ from adder.data import DeviceMNIST
 from adder.evaluation import evaluate
 from adder.hardware import choose_placement, cpu_has_native_bf16
 from adder.model import AdderNet, ModelConfig
-from adder.training_state import PROGRESS_FILE, ResumeError, check_settings, resolve_state
+from adder.training_state import EMA_FILE, PROGRESS_FILE, ResumeError, check_settings, resolve_state
 from conftest import ROOT, free_port, run_cli
+from test_checkpoint import CreatesFileWhenUnpickled
 from test_train_e2e import FAST, NO_GPU, train
 
 
@@ -110,6 +111,17 @@ def test_a_best_pt_of_other_settings_is_not_taken_for_the_runs_own(trained_run, 
     state = trained_run / "checkpoints" / "epoch_002"
     result = train(tiny_mnist, tmp_path, "--epochs", "2", "--resume_from_checkpoint", str(state), check=False)
     assert result.returncode != 0 and "was trained with another --epochs" in result.stderr
+
+
+def test_a_training_state_that_would_run_code_is_refused_and_runs_nothing(trained_run, tiny_mnist, tmp_path):
+    # Every file of a state is read as tensors only: the moving average's too (the runs here use --ema_decay).
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    shutil.copytree(trained_run, run)
+    torch.save({"n_averaged": CreatesFileWhenUnpickled(str(marker))}, run / "checkpoints" / "epoch_002" / EMA_FILE)
+    result = train(tiny_mnist, run, "--epochs", "2", "--resume_from_checkpoint", "latest", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "error: cannot load the training state" in result.stderr and "Weights only load failed" in result.stderr
+    assert not marker.exists()
 
 
 def test_resume_refuses_another_number_of_processes(trained_run, tiny_mnist):
