@@ -6,6 +6,7 @@ model config, the weights, and for the record the training config, epoch and val
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import warnings
@@ -25,14 +26,19 @@ class CheckpointError(RuntimeError):
 
 def atomic_write(path: str | Path, write) -> None:
     """write(f) into a temporary file beside `path`, flushed to disk, then renamed over `path`:
-    a crash at any moment leaves either the old file or the new one, never half of one."""
+    a crash at any moment leaves either the old file or the new one, never half of one. A failed write
+    (a full disk) removes the temporary file and raises the OSError."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -49,7 +55,11 @@ def save_checkpoint(path, model: AdderNet, *, train_config: dict, epoch: int, va
         "epoch": epoch,
         "val_metrics": val_metrics,
     }
-    atomic_write(path, lambda f: torch.save(checkpoint, f))
+    # Serialised in memory first: torch.save reports a failed write to a file as a RuntimeError, a plain
+    # write as the OSError it is.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -42,6 +42,13 @@ def unit_fraction(text: str) -> float:
     return value
 
 
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's seeds, which accelerate's set_seed sets too
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
 def state_name(text: str) -> str:
     # An empty value (an unset shell variable) would otherwise read as no flag: a new run over the old one.
     if not text:
@@ -95,7 +102,7 @@ class TrainConfig:
                                      type=unit_fraction)
     ema_decay: float = setting(0.0, "validate and save a moving average of the weights with this decay, e.g. "
                                     "0.999 (0: off)", type=unit_fraction)
-    seed: int = setting(42, "seeds initialisation, shuffling, addends and augmentation", type=int)
+    seed: int = setting(42, "seeds initialisation, shuffling, addends and augmentation", type=seed_value)
     # hardware
     cpu: bool = setting(False, "train on the CPU even if a GPU is present")
     mixed_precision: str | None = setting(None, "no, fp16 or bf16 (default: the accelerate config's on a GPU; on "

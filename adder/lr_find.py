@@ -65,6 +65,10 @@ def lr_range_test(model, data: DeviceMNIST, config: TrainConfig, *, start_lr=1e-
     return lrs, losses
 
 
+# suggest() leaves out the first tenth and the last twentieth of the sweep: it needs a few points between.
+MIN_STEPS = 10
+
+
 def suggest(lrs: list[float], losses: list[float]) -> float:
     """The rate of steepest descent of the smoothed loss against log(lr), ignoring the noisy ends."""
     lo, hi = len(lrs) // 10, max(len(lrs) // 10 + 2, len(lrs) - len(lrs) // 20)
@@ -81,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=300, help="training steps of the sweep")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     args = p.parse_args(argv)
+    if args.steps < MIN_STEPS:
+        p.error(f"--steps: at least {MIN_STEPS}, got {args.steps}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     config = TrainConfig(optimizer=args.optimizer)
     torch.manual_seed(config.seed)
@@ -90,6 +96,9 @@ def main(argv=None) -> int:
         sys.exit(f"error: {err}")
     model = AdderNet(config.model_config).to(device, memory_format=torch.channels_last)
     lrs, losses = lr_range_test(model, DeviceMNIST(images, labels, device), config, steps=args.steps)
+    if len(lrs) < MIN_STEPS:
+        sys.exit(f"error: the loss diverged after {len(lrs)} steps, at learning rate {lrs[-1]:.2g}: too few "
+                 f"points to suggest a rate")
     suggested = suggest(lrs, losses)
 
     logs = args.output_dir / "logs"

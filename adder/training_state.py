@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, DynamoBackend
+from safetensors import SafetensorError
 from torch.optim.swa_utils import AveragedModel
 
 from adder.config import TrainConfig
@@ -74,9 +75,12 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
     if accelerator.is_local_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    if ema is not None and accelerator.is_main_process:  # the same on every process, like the weights
-        torch.save(ema.state_dict(), partial / EMA_FILE)
+    try:
+        accelerator.save_state(str(partial))
+        if ema is not None and accelerator.is_main_process:  # the same on every process, like the weights
+            torch.save(ema.state_dict(), partial / EMA_FILE)
+    except (RuntimeError, SafetensorError) as err:  # how torch.save and safetensors report a failed write
+        raise OSError(f"{type(err).__name__}: {err}") from err
     accelerator.wait_for_everyone()  # every process has written its part (each saves its own RNG state)
     # The main process names the state; so does each other node's first process where the main process's
     # files are not on its disk (no shared filesystem). Decided before anything is renamed.

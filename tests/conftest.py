@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # README.md tells users to put it (each holding MNIST/raw/).
 REAL_MNIST_DIRS = [Path(os.environ["MNIST_ADDER_DATA"])] if "MNIST_ADDER_DATA" in os.environ else [ROOT / "data"]
 TINY_MODEL = ["--widths", "4,4", "8,8", "8", "--sum_hidden", "16"]
+# A full disk, for one file: a link to Linux's /dev/full, where every write fails with "No space left on
+# device". Where there is none, the link would only create a file in /dev.
+needs_dev_full = pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs /dev/full (Linux)")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -1,10 +1,17 @@
 import pickle
+import re
 
 import pytest
 import torch
 
+from accelerate.utils import SAFE_WEIGHTS_NAME
+from safetensors import SafetensorError
+
 from adder.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from adder.config import TrainConfig
 from adder.model import AdderNet, ModelConfig
+from adder.training_state import save_training_state
+from conftest import needs_dev_full
 
 
 def save_small(path, **config):
@@ -46,6 +53,35 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(CheckpointError):
         read_checkpoint(plain)
     assert not marker.exists()
+
+
+@needs_dev_full
+def test_a_full_disk_fails_the_save_with_an_os_error_and_keeps_the_old_file(tmp_path):
+    save_small(tmp_path / "best.pt")
+    old = (tmp_path / "best.pt").read_bytes()
+    (tmp_path / ".best.pt.tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError, match="No space left on device"):
+        save_small(tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == old
+    assert not (tmp_path / ".best.pt.tmp").exists(), "the failed temporary file is removed"
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos"),
+                                     SafetensorError(f"Error while serializing: {SAFE_WEIGHTS_NAME}")])
+def test_a_failed_training_state_save_is_an_os_error(tmp_path, failure):
+    # How torch.save and safetensors, under accelerate's save_state, report a write that failed: train.py
+    # turns an OSError into one line naming what is still safe.
+    class FailingAccelerator:
+        is_main_process = is_local_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, path):
+            raise failure
+
+    with pytest.raises(OSError, match=re.escape(str(failure))):
+        save_training_state(FailingAccelerator(), tmp_path, 1, 0, {}, TrainConfig(), keep=2)
 
 
 def test_truncated_file(tmp_path):

@@ -6,6 +6,7 @@ import torch
 
 from adder.checkpoint import save_checkpoint
 from adder.config import TrainConfig
+from adder import lr_find
 from adder.lr_find import lr_range_test, suggest
 from adder.data import DeviceMNIST, load_mnist
 from adder.model import AdderNet, ModelConfig
@@ -62,3 +63,10 @@ def test_lr_range_test_sweeps_and_suggests(tiny_mnist):
                                 TrainConfig(batch_size=64), steps=40, end_lr=10.0)
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-5)
     assert lrs[0] <= suggest(lrs, losses) <= lrs[-1]
+
+
+def test_lr_range_test_refuses_too_few_steps_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        lr_find.main(["--steps", "1"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("error: --steps: at least 10, got 1")

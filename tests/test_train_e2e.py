@@ -206,6 +206,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_model(tiny_mnist
     (["--lr", "inf"], "--lr: must be a finite number >= 0"),
     (["--ema_decay", "1"], "--ema_decay: must be in [0, 1)"),
     (["--label_smoothing", "1"], "--label_smoothing: must be in [0, 1)"),
+    (["--seed", "-1"], "--seed: must be in [0, 2**32)"),
     (["--resume_from_checkpoint", ""], "--resume_from_checkpoint: give 'latest'"),  # not a new run over the old
 ])
 def test_bad_flags_are_refused_by_the_parser_with_one_line(capsys, args, message):
