@@ -130,17 +130,29 @@ def still_safe(best_epoch: int, saved_epoch: int) -> str:
     return " and ".join(safe) or "nothing yet"
 
 
+def stop_all_if_any(accelerator: Accelerator, refusal: str | None) -> None:
+    """Every process stops, with the first refusal's message, if any process refused: one that stopped alone
+    would leave the others waiting for it, and only the main process prints."""
+    for rank, message in gather_object([(accelerator.process_index, refusal)]):
+        if message:
+            raise RunFailed(message if rank == 0 else f"process {rank}: {message}")
+
+
 def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, DeviceMNIST]:
     """The train, validation and test splits, each held whole on the training device."""
-    try:
-        # One process downloads and extracts, then one per other node (no shared disk needed), then the rest read.
-        with accelerator.main_process_first(), accelerator.local_main_process_first():
+    refusal = None
+    # One process downloads and extracts, then one per other node (no shared disk needed), then the rest read.
+    # A failure is caught inside, so that every process still meets the others at the barriers; then all stop
+    # with the first process's message (a second node's missing data included).
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
+        try:
             train_images, train_labels = load_mnist(config.data_dir, train=True)
             test_images, test_labels = load_mnist(config.data_dir, train=False)
-        (train_images, train_labels), (val_images, val_labels) = split_train_val(train_images, train_labels,
-                                                                                 config.val_size)
-    except (DataError, ValueError) as err:
-        raise RunFailed(str(err)) from err
+            (train_images, train_labels), (val_images, val_labels) = split_train_val(train_images, train_labels,
+                                                                                     config.val_size)
+        except (DataError, ValueError) as err:
+            refusal = str(err)
+    stop_all_if_any(accelerator, refusal)
     device = accelerator.device
     return {"train": DeviceMNIST(train_images, train_labels, device), "val": DeviceMNIST(val_images, val_labels, device),
             "test": DeviceMNIST(test_images, test_labels, device)}
@@ -164,14 +176,6 @@ def from_main_process(accelerator: Accelerator, read: Callable[[], object]):
 def final_model(folder: RunFolder, accelerator: Accelerator) -> tuple[AdderNet, dict]:
     """best.pt, as the main process reads it (deleted or damaged while the run went on: one error line)."""
     return from_main_process(accelerator, lambda: load_model(folder.best))
-
-
-def stop_all_if_any(accelerator: Accelerator, refusal: str | None) -> None:
-    """Every process stops, with the first refusal's message, if any process refused: one that stopped alone
-    would leave the others waiting for it, and only the main process prints."""
-    for rank, message in gather_object([(accelerator.process_index, refusal)]):
-        if message:
-            raise RunFailed(message if rank == 0 else f"process {rank}: {message}")
 
 
 def best_so_far(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, saved_best: dict) -> dict:

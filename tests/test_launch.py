@@ -176,15 +176,17 @@ def test_a_full_disk_ends_the_run_with_one_line_and_a_resumable_state(tiny_mnist
     assert json.loads((tmp_path / "logs" / "test_metrics.json").read_text())["pairs"] == 510
 
 
-def two_nodes(tiny_mnist, tmp_path, *flags) -> list[subprocess.CompletedProcess]:
-    """Two launches on this machine as two nodes of one process each, each with its own output folder."""
+def two_nodes(tiny_mnist, tmp_path, *flags, second_data_dir=None) -> list[subprocess.CompletedProcess]:
+    """Two launches on this machine as two nodes of one process each, each with its own output folder (and,
+    with second_data_dir, the second node its own data)."""
     port = free_port()
     nodes = []
     for rank in (0, 1):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
                "--machine_rank", str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
                "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-               "train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(tmp_path / f"node{rank}"), *FAST,
+               "train.py", "--data_dir", str(second_data_dir if rank and second_data_dir else tiny_mnist),
+               "--output_dir", str(tmp_path / f"node{rank}"), *FAST,
                "--epochs", "2", *flags]
         env = os.environ | NO_GPU | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
         nodes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -216,3 +218,12 @@ def test_two_nodes_without_a_shared_disk(tiny_mnist, tmp_path):
     nodes = two_nodes(tiny_mnist, tmp_path, "--resume_from_checkpoint", "latest")
     assert all(node.returncode != 0 and 'train.py", line' not in node.stdout for node in nodes)
     assert "error: process 1: cannot load the training state" in nodes[0].stdout
+
+
+def test_bad_data_on_another_node_stops_both_with_its_message(tiny_mnist, tmp_path):
+    damaged = tmp_path / "damaged"
+    (damaged / "MNIST" / "raw").mkdir(parents=True)
+    (damaged / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"garbage")
+    nodes = two_nodes(tiny_mnist, tmp_path, second_data_dir=damaged)
+    assert all(node.returncode != 0 and 'train.py", line' not in node.stdout for node in nodes)
+    assert "error: process 1: " in nodes[0].stdout and "is damaged (md5 mismatch)" in nodes[0].stdout
