@@ -3,7 +3,9 @@
 Every state is a count (or a sum of losses) reduced with "sum" across processes: as long as each process
 scores a disjoint shard (see adder.data.eval_batches), the result is exact for any number of processes.
 Accuracies are reported as exact counts of right answers and the fractions computed from them in Python,
-so that a JSON report reads 0.9868, not a float32 artefact such as 0.9868000149726868.
+so that a JSON report reads 0.9868, not a float32 artefact such as 0.9868000149726868. No NaN check: a
+count cannot be NaN, and a NaN loss must show as NaN, not be dropped from the mean (torchmetrics' default
+drops it with a warning, and checks with a host sync at every update).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ SCALARS = ("digit_acc", "sum_acc", "joint_acc", "consistency", "loss")
 
 def exact_sum() -> SumMetric:
     """A counter: float64 holds every integer up to 2**53 exactly, far beyond any test set."""
-    metric = SumMetric()
+    metric = SumMetric(nan_strategy="disable")
     metric.set_dtype(torch.float64)
     return metric
 
@@ -36,7 +38,7 @@ class AdderMetrics(nn.Module):
         self.sum_confusion = MulticlassConfusionMatrix(NUM_SUMS, validate_args=False)
         self.joint_correct = exact_sum()  # both heads right on the same pair
         self.consistent = exact_sum()  # predicted sum == predicted digit + addend, right or wrong
-        self.loss = MeanMetric()
+        self.loss = MeanMetric(nan_strategy="disable")
         self.loss.set_dtype(torch.float64)  # a sum over 100,000 pairs: keep it exact enough to compare runs
 
     @torch.no_grad()

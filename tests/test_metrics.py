@@ -1,3 +1,5 @@
+import math
+
 import torch
 
 from adder.metrics import AdderMetrics
@@ -34,3 +36,12 @@ def test_micro_not_macro_accuracy():
     metrics.update(one_hot_logits([0] * 10, 10), one_hot_logits([0] * 10, 19), zeros, digits, digits,
                    losses=torch.zeros(10))
     assert abs(metrics.compute()["digit_acc"] - 0.9) < 1e-6
+
+
+def test_a_nan_loss_shows_in_the_mean_instead_of_being_dropped():
+    digits = torch.tensor([1, 2])
+    metrics = AdderMetrics()
+    metrics.update(one_hot_logits([1, 2], 10), one_hot_logits([1, 2], 19), torch.zeros(2, dtype=torch.long), digits,
+                   digits, losses=torch.tensor([1.0, float("nan")]))
+    out = metrics.compute()
+    assert math.isnan(out["loss"]) and out["digit_acc"] == 1.0
