@@ -424,6 +424,7 @@ def main(argv=None) -> int:
         train(config, folder, accelerator, log)
     except (RunFailed, CaptureFailed) as err:
         log.error(f"error: {err}")
+        Tracking.record_failure(accelerator)
         return 1
     finally:
         accelerator.end_training()  # closes the trackers and tears down the process group

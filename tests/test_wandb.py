@@ -70,18 +70,20 @@ def read_run(out_dir: Path, stdout: str) -> SimpleNamespace:
     return SimpleNamespace(
         out=out_dir, folder=folder, stdout=stdout, summary=summary, config=config,
         steps=[record.history.step.num for record in found if record.HasField("history")],
+        exit_codes=[record.exit.exit_code for record in found if record.HasField("exit")],
         artifacts=[record.artifact for record in found if record.HasField("artifact")],
         tables={logged_name(path): json.loads(path.read_text())
                 for path in (folder / "files" / "media" / "table" / "test").glob("*.table.json")},
     )
 
 
-def train_tracked(tmp_path_factory, data_dir, *extra, processes: int = 1, env: dict | None = None) -> SimpleNamespace:
+def train_tracked(tmp_path_factory, data_dir, *extra, processes: int = 1, env: dict | None = None,
+                  check: bool = True) -> SimpleNamespace:
     """A 1-epoch tiny run with wandb on; wandb's own folders (staged artifacts, logs, settings) stay beside it."""
     root = tmp_path_factory.mktemp("wandb_run")
     wandb_dirs = {f"WANDB_{name}_DIR": str(root / name.lower()) for name in ("DATA", "CACHE", "CONFIG")}
     result = run_cli(["train.py", "--data_dir", str(data_dir), "--output_dir", str(root / "out"), *TRACKED,
-                      "--epochs", "1", *extra], processes=processes, env=wandb_dirs | (env or {}))
+                      "--epochs", "1", *extra], processes=processes, env=wandb_dirs | (env or {}), check=check)
     return read_run(root / "out", result.stdout)
 
 
@@ -189,3 +191,9 @@ def test_two_processes_write_one_run(cluster_run):
 def test_no_log_model_keeps_best_pt_out_of_the_run(cluster_run):
     assert "model" not in {artifact.type for artifact in cluster_run.artifacts}
     assert cluster_run.artifacts  # the tables' artifacts are there
+
+
+def test_a_finished_run_exits_0_and_a_run_stopped_by_an_error_1(offline_run, tiny_mnist, tmp_path_factory):
+    assert offline_run.exit_codes == [0]
+    stopped = train_tracked(tmp_path_factory, tiny_mnist, "--lr", "1e30", check=False)  # a non-finite loss
+    assert stopped.exit_codes == [1]
