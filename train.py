@@ -22,12 +22,12 @@ import contextlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast, broadcast_object_list, gather_object, set_seed
@@ -96,16 +96,9 @@ def console_log(path: Path, main_process: bool) -> logging.Logger:
     return logging.getLogger("adder.train")
 
 
-def seconds_since_process_start() -> float | None:
-    """Wall seconds since this process began (its interpreter, imports and so on), from Linux's /proc; None
-    elsewhere."""
-    try:
-        # Field 22 of /proc/self/stat, the start in clock ticks since boot; the name before it may hold spaces.
-        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
+def seconds_since_process_start() -> float:
+    """Wall seconds since this process began: its interpreter, imports, Accelerator and CUDA start."""
+    return time.time() - psutil.Process().create_time()
 
 
 def format_metrics(metrics: dict) -> str:
@@ -407,9 +400,7 @@ def main(argv=None) -> int:
     device = accelerator.device
     log.info(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
              f"{accelerator.num_processes} process(es), mixed precision: {accelerator.mixed_precision}")
-    started = seconds_since_process_start()
-    if started is not None:
-        log.info(f"process started {started:.1f}s ago (interpreter, imports, Accelerator, CUDA)")
+    log.info(f"process started {seconds_since_process_start():.1f}s ago (interpreter, imports, Accelerator, CUDA)")
     if is_compiled(accelerator):
         dynamo = accelerator.state.dynamo_plugin
         log.info(f"torch.compile: backend {dynamo.backend.value.lower()}, mode {dynamo.mode}")

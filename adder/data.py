@@ -207,9 +207,10 @@ def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
     """This process's index batches for one epoch: every image exactly once across all processes.
 
     One shuffle per (seed, epoch), the same on every process, is cut into global batches of
-    batch_size * world_size, and each global batch into world_size near-equal shards. Every process
-    therefore takes the same number of steps (DDP needs that) and nothing is padded or dropped; only the
-    last shard of an epoch may be a few images shorter. The shuffle is drawn on the CPU (the same on every
+    batch_size * world_size, and each global batch into world_size shards that differ by at most one image.
+    Every process therefore takes the same number of steps (DDP needs that) and nothing is padded or
+    dropped. The epoch's last global batch is the remainder (216 images of 55,000 at batch 512), merged into
+    the one before when it would leave a process fewer than two images. The shuffle is drawn on the CPU (the same on every
     device) and moved to `device` once per epoch. (A DataLoader prepared by accelerate would instead pad
     the last batch with repeated images, so that some images would be seen twice per epoch.)
     """

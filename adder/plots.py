@@ -30,19 +30,23 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def curves_figure(epochs: list[dict]) -> plt.Figure:
+    """Losses, validation error and inconsistency, learning rate, per epoch. Errors on a log scale: the first
+    epochs' tens of percent and the last ones' tenths share the plot."""
     x = [e["epoch"] for e in epochs]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     ax = axes[0, 0]
     ax.plot(x, [e["train_loss"] for e in epochs], label="train: the objective, label smoothing included")
     ax.plot(x, [e["val_loss"] for e in epochs], label="validation: plain cross-entropy")
-    ax.set(title="loss (digit CE + sum CE), mean over the epoch", xlabel="epoch", yscale="log")
+    ax.set(title="loss (digit CE + sum CE): train's epoch mean, validation's", xlabel="epoch", yscale="log")
     ax = axes[0, 1]
     for key in ("digit_acc", "sum_acc", "joint_acc"):
-        ax.plot(x, [100 * e[f"val_{key}"] for e in epochs], label=key.replace("_acc", ""))
-    ax.set(title="validation accuracy, % (all 10 addends per image)", xlabel="epoch", ylim=(97, 100))
+        ax.plot(x, [100 * (1 - e[f"val_{key}"]) for e in epochs], label=key.replace("_acc", ""))
+    ax.set(title="validation error, % (all 10 addends per image)", xlabel="epoch", yscale="log")
     ax = axes[1, 0]
-    ax.plot(x, [100 * e["val_consistency"] for e in epochs], color="tab:purple")
-    ax.set(title="validation consistency, % (sum = digit + addend)", xlabel="epoch", ylim=(99, 100))
+    ax.plot(x, [100 * (1 - e["val_consistency"]) for e in epochs], color="tab:purple")
+    ax.set(title="validation pairs with sum != digit + addend, %", xlabel="epoch")
+    ax.set_yscale("symlog", linthresh=0.01)  # 0 when every pair is consistent
+    ax.set_ylim(bottom=0)
     ax = axes[1, 1]
     ax.plot(x, [e["lr"] for e in epochs], color="tab:green")
     ax.set(title="learning rate at the end of each epoch", xlabel="epoch")

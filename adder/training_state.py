@@ -8,6 +8,10 @@ With --ema_decay, ema.pt holds the moving average. It is not handed to accelerat
 register_for_checkpointing, whose file load_state unpickles with weights_only=False: a training state
 folder is untrusted input, like best.pt, so every file in it is read as tensors only.
 
+accelerate's own checkpoint naming (ProjectConfiguration's automatic_checkpoint_naming, total_limit) is
+not used: it deletes the oldest state before the new one is written, and names a folder before it is
+complete.
+
 Several nodes: the main process writes the model, optimiser and schedule, every process its random
 states, and each node's first process names (and prunes) the folders on its own disk. Resuming needs the
 complete state on every node: a shared filesystem, or the main node's folder copied to the others.

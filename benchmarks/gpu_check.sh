@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check in one go, on one CUDA GPU: README's one-GPU command
-# (accelerate launch --config_file accelerate_config.yaml train.py) with seeds 42 (the record behind
-# training_logs/), 1 and 2, and seed 42 again with its step launched eagerly (--no_cuda_graph), each checked
-# by evaluate.py; the throughput benchmark; the CUDA tests; and, if time is left, evaluate.py sharded over two
-# processes on the one GPU against one process, a profile of the training step, and the step eager, replayed
-# from a CUDA graph (the default) and through torch.compile (with and without CUDA graphs).
+# (accelerate launch --config_file accelerate_config.yaml train.py) with seeds 42 (its run kept whole, as
+# training_logs/ keeps a record run), 1 and 2, and seed 42 again with its step launched eagerly
+# (--no_cuda_graph), each checked by evaluate.py; the throughput benchmark; the CUDA tests; and, if time is
+# left, evaluate.py sharded over two processes on the one GPU against one process, a profile of the training
+# step, and the step eager, replayed from a CUDA graph (the default) and through torch.compile (with and
+# without CUDA graphs).
 #
 #   bash benchmarks/gpu_check.sh DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]
 #
@@ -51,8 +52,8 @@ mkdir -p "$out" || exit 2
 data=$(cd "$data" && pwd) out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
 
-# Each step's budget in seconds: a generous guess at what it takes on an H100 (two to three times the
-# expected time; the whole check should take four to six minutes there), most for the record's run, which
+# Each step's budget in seconds: a generous guess at what it takes on an H100 or H200 (two to three times the
+# expected time; the whole check took about seven minutes on an H200), most for the record's run, which
 # comes first. The reserve covers a step's grace period after being cut off, the summary and the tar.
 seeds=(42 1 2)
 gpu_budget=20 train_budget=150 evaluate_budget=45 benchmark_budget=120 cuda_tests_budget=90 two_processes_budget=60

@@ -54,7 +54,7 @@ def test_two_processes_without_a_gpu_share_one_run_and_print_each_line_once(two_
         assert printed.count(line) == 1, line
     assert any(line.startswith("epoch  3/3") for line in logged)
     assert "Traceback" not in result.stderr
-    # How long the process took to get going (imports, Accelerator), read from /proc: a plausible number.
+    # How long the process took to get going (imports, Accelerator), from psutil: a plausible number.
     started = [re.fullmatch(r"process started (\d+\.\d)s ago \(.*\)", line) for line in logged]
     seconds = [float(match.group(1)) for match in started if match]
     assert len(seconds) == 1 and 0 < seconds[0] < 300, logged[:6]
