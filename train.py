@@ -269,6 +269,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     setup_start = time.perf_counter()  # the set-up's seconds, logged: part of a short run's wall time
     data = load_data(config, accelerator)
     train_set = data["train"]
+    # Counted as train_batches cuts an epoch (a last batch too small to share is merged), not by division.
     steps_per_epoch = len(train_batches(len(train_set), config.batch_size, config.seed, 0, rank, world_size))
     log.info(f"data: {len(data['train'])} train / {len(data['val'])} val / {len(data['test'])} test images; "
              f"validation and test score every image with all 10 addends; {steps_per_epoch} steps per epoch "

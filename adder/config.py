@@ -133,7 +133,7 @@ class TrainConfig:
     @property
     def augment(self) -> dict | None:
         """random_warp's arguments, or None without augmentation."""
-        return None if self.no_augment else {"degrees": self.rotate, "translate": self.shift, "scale": self.zoom}
+        return None if self.no_augment else {"rotate": self.rotate, "shift": self.shift, "zoom": self.zoom}
 
     def to_dict(self) -> dict:
         return asdict(self)

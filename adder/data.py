@@ -155,20 +155,20 @@ def normalize(images_u8: torch.Tensor) -> torch.Tensor:
     return standardize(to_unit(images_u8))
 
 
-def random_warp(images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int | torch.Tensor, degrees: float,
-                translate: float, scale: float) -> torch.Tensor:
-    """Batched small rotations, shifts and zooms on the device, drawn per (seed, epoch, index).
-
-    `translate` is a fraction of the image size. Digits are never flipped (a flipped 2 is not a 2).
-    Works on images in [0, 1] so that the zero padding is the black background.
+def random_warp(images: torch.Tensor, index: torch.Tensor, seed: int, epoch: int | torch.Tensor, rotate: float,
+                shift: float, zoom: float) -> torch.Tensor:
+    """Batched small rotations, shifts and zooms on the device, drawn per (seed, epoch, index): up to `rotate`
+    degrees either way, `shift` image widths in each direction, `zoom` (a fraction) in or out; the flags of
+    the same names. Digits are never flipped (a flipped 2 is not a 2). Works on images in [0, 1] so that the
+    zero padding is the black background.
     """
     u = counter_uniform(index, seed, epoch, STREAM_AUGMENT, draws=4) * 2 - 1  # (4, B), each in [-1, 1]
-    angle = u[0] * math.radians(degrees)
-    zoom = 1 + u[1] * scale
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    # affine_grid works in [-1, 1] coordinates, so a shift of `translate` image widths is 2 * translate.
+    angle = u[0] * math.radians(rotate)
+    scale = 1 + u[1] * zoom
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # affine_grid works in [-1, 1] coordinates, so a shift of `shift` image widths is 2 * shift.
     theta = torch.stack(
-        [torch.stack([cos, -sin, u[2] * 2 * translate], -1), torch.stack([sin, cos, u[3] * 2 * translate], -1)], -2
+        [torch.stack([cos, -sin, u[2] * 2 * shift], -1), torch.stack([sin, cos, u[3] * 2 * shift], -1)], -2
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -62,7 +62,7 @@ def test_a_step_replayed_from_a_cuda_graph_trains_as_the_eager_step_does(tiny_mn
     runs = []
     for model, cuda_graph in ((eager_model, False), (graph_model, True)):
         step = ForwardBackward(model, AdderLoss(label_smoothing=0.1), data, torch.Tensor.backward, seed=0,
-                               augment={"degrees": 10, "translate": 0.1, "scale": 0.1}, cuda_graph=cuda_graph)
+                               augment={"rotate": 10, "shift": 0.1, "zoom": 0.1}, cuda_graph=cuda_graph)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
         losses = []
         for epoch in (1, 2):  # a new epoch: new addends and warps, read by the graph from its epoch tensor

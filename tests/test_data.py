@@ -132,10 +132,10 @@ def test_batches_pair_each_image_with_its_label_and_sum(tiny_mnist):
 def test_augmentation_is_deterministic_and_identity_when_off():
     images = torch.rand(8, 1, 28, 28)
     index = torch.arange(8)
-    a = random_warp(images, index, seed=0, epoch=1, degrees=15, translate=0.1, scale=0.1)
-    b = random_warp(images, index, seed=0, epoch=1, degrees=15, translate=0.1, scale=0.1)
+    a = random_warp(images, index, seed=0, epoch=1, rotate=15, shift=0.1, zoom=0.1)
+    b = random_warp(images, index, seed=0, epoch=1, rotate=15, shift=0.1, zoom=0.1)
     assert torch.equal(a, b) and not torch.allclose(a, images)
-    same = random_warp(images, index, seed=0, epoch=1, degrees=0, translate=0, scale=0)
+    same = random_warp(images, index, seed=0, epoch=1, rotate=0, shift=0, zoom=0)
     assert torch.allclose(same, images, atol=1e-5)
 
 
@@ -156,7 +156,7 @@ def test_an_epoch_held_in_a_tensor_gives_the_same_batch(tiny_mnist):
     # A CUDA graph reads the epoch from a tensor (adder/step.py): same addends, same augmentation.
     data = DeviceMNIST(*load_mnist(tiny_mnist, train=True, download=False))
     index = torch.randperm(len(data))[:64]
-    augment = {"degrees": 10, "translate": 0.1, "scale": 0.1}
+    augment = {"rotate": 10, "shift": 0.1, "zoom": 0.1}
     for epoch in (1, 17):
         by_int = data.train_batch(index, seed=42, epoch=epoch, augment=augment)
         by_tensor = data.train_batch(index, seed=42, epoch=torch.tensor(epoch), augment=augment)

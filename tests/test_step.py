@@ -31,7 +31,7 @@ def test_the_eager_step_leaves_the_gradients_of_the_batch_loss(tiny_mnist):
     model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]]))
     reference = copy.deepcopy(model)
     loss_fn, index = AdderLoss(label_smoothing=0.1), torch.arange(32)
-    augment = {"degrees": 10, "translate": 0.1, "scale": 0.1}
+    augment = {"rotate": 10, "shift": 0.1, "zoom": 0.1}
     step = ForwardBackward(model, loss_fn, data, torch.Tensor.backward, seed=3, augment=augment, cuda_graph=False)
     for _ in range(2):  # the second call starts from zero gradients, not from the first call's
         loss = step(index, epoch=5)
