@@ -39,7 +39,7 @@ from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches
 from adder.ema import moving_average
 from adder.evaluation import evaluate, one_addend_predictions
-from adder.hardware import place_run
+from adder.hardware import cpu_name, place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
 from adder.model import AdderNet, ShiftAveraged, count_parameters
@@ -399,7 +399,7 @@ def main(argv=None) -> int:
     log = console_log(folder.logs / "console.log", accelerator.is_main_process)
     log.info(f"command: {' '.join(sys.argv)}")
     device = accelerator.device
-    log.info(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+    log.info(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()}), "
              f"{accelerator.num_processes} process(es), mixed precision: {accelerator.mixed_precision}")
     log.info(f"process started {seconds_since_process_start():.1f}s ago (interpreter, imports, Accelerator, CUDA)")
     if is_compiled(accelerator):

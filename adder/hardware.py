@@ -8,6 +8,7 @@ CPU is chosen here, before the Accelerator is made, whenever no GPU is usable.
 from __future__ import annotations
 
 import os
+import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,15 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
         except OSError:
             return False
     return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", cpuinfo) is not None
+
+
+def cpu_name() -> str:
+    """The CPU's model, as /proc/cpuinfo names it (Linux), else what the platform module knows."""
+    try:
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:
+        match = None
+    return match.group(1).strip() if match else platform.processor() or "unknown CPU"
 
 
 def cpu_cores() -> int:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
 from adder.config import parse_config  # noqa: E402
 from adder.data import load_mnist, train_batches  # noqa: E402
+from adder.hardware import cpu_name  # noqa: E402
 
 # Host calls that wait for the GPU; each one stalls the queue of launches.
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
@@ -93,7 +94,7 @@ def main() -> int:
     kernels = sum(e.count for e in device_events) / args.steps
     syncs = sum(e.count for e in events if e.key in SYNC_CALLS) / args.steps
 
-    device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if cuda else f"CPU ({cpu_name()}), {torch.get_num_threads()} threads"
     print(f"\nprofile: {device}, torch {torch.__version__}, {args.steps} steps of epoch 2, "
           f"flags: {' '.join(train_flags) or 'train.py defaults'}")
     print(f"per step: wall {wall_ms:.2f} ms", end="")

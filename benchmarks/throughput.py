@@ -58,6 +58,7 @@ import train  # noqa: E402
 from adder.checkpoint import atomic_write_text  # noqa: E402
 from adder.config import TrainConfig, parse_config  # noqa: E402
 from adder.data import MNIST_MEAN, MNIST_STD, load_mnist  # noqa: E402
+from adder.hardware import cpu_name  # noqa: E402
 from adder.loss import AdderLoss  # noqa: E402
 from adder.model import AdderNet, ModelConfig  # noqa: E402
 
@@ -177,7 +178,8 @@ def main() -> int:
     device = torch.device(args.device)
     if args.pipelines is None:
         args.pipelines = ["classic", "bf16", "bf16+graph"] if device.type == "cuda" else ["classic", "fp32", "bf16"]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU ({cpu_name()}), {torch.get_num_threads()} threads")
 
     project_images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size  # the held-out ones excluded
     rows = []
