@@ -35,7 +35,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
 from adder.config import parse_config  # noqa: E402
-from adder.data import load_mnist, train_batches  # noqa: E402
+from adder.data import DataError, load_mnist, train_batches  # noqa: E402
 from adder.hardware import cpu_name  # noqa: E402
 
 # Host calls that wait for the GPU; each one stalls the queue of launches.
@@ -54,7 +54,10 @@ def main() -> int:
 
     # One epoch of warm-up, then a few steps for the profiler's own; the profiled steps end before the
     # second epoch's validation. The epoch's steps are counted as train.py cuts them.
-    images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size
+    try:
+        images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size
+    except DataError as err:
+        sys.exit(f"error: {err}")
     steps_per_epoch = len(train_batches(images, config.batch_size, config.seed, 0, rank=0, world_size=1))
     warmup, epochs = 3, 2
     if steps_per_epoch <= warmup or not 0 < args.steps <= steps_per_epoch - warmup:

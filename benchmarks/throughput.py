@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
 from adder.checkpoint import atomic_write_text  # noqa: E402
 from adder.config import TrainConfig, parse_config  # noqa: E402
-from adder.data import MNIST_MEAN, MNIST_STD, load_mnist  # noqa: E402
+from adder.data import MNIST_MEAN, MNIST_STD, DataError, load_mnist  # noqa: E402
 from adder.hardware import cpu_name  # noqa: E402
 from adder.loss import AdderLoss  # noqa: E402
 from adder.model import AdderNet, ModelConfig  # noqa: E402
@@ -181,7 +181,10 @@ def main() -> int:
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU ({cpu_name()}), {torch.get_num_threads()} threads")
 
-    project_images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size  # the held-out ones excluded
+    try:
+        project_images = len(load_mnist(config.data_dir, train=True)[1]) - config.val_size  # held-out ones excluded
+    except DataError as err:
+        sys.exit(f"error: {err}")
     rows = []
     for pipeline in args.pipelines:
         label, precision, compile_mode, flags, autotune = PIPELINES[pipeline]
