@@ -97,8 +97,13 @@ def console_log(path: Path, main_process: bool) -> logging.Logger:
 
 
 def seconds_since_process_start() -> float:
-    """Wall seconds since this process began: its interpreter, imports, Accelerator and CUDA start."""
-    return time.time() - psutil.Process().create_time()
+    """Wall seconds since this process began: its interpreter, imports, Accelerator and CUDA start. On Linux
+    counted from the uptime clock: create_time() adds the boot time, which Linux gives in whole seconds."""
+    process = psutil.Process()
+    try:
+        return float(Path("/proc/uptime").read_text().split()[0]) - (process.create_time() - psutil.boot_time())
+    except OSError:  # no /proc: not Linux
+        return time.time() - process.create_time()
 
 
 def format_metrics(metrics: dict) -> str:
@@ -138,12 +143,13 @@ def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, Device
     # A failure is caught inside, so that every process still meets the others at the barriers; then all stop
     # with the first process's message (a second node's missing data included).
     with accelerator.main_process_first(), accelerator.local_main_process_first():
-        try:
-            train_images, train_labels = load_mnist(config.data_dir, train=True)
-            test_images, test_labels = load_mnist(config.data_dir, train=False)
+        try:  # only a node's first process downloads: the others read what it extracted
+            download = accelerator.is_local_main_process
+            train_images, train_labels = load_mnist(config.data_dir, train=True, download=download)
+            test_images, test_labels = load_mnist(config.data_dir, train=False, download=download)
             (train_images, train_labels), (val_images, val_labels) = split_train_val(train_images, train_labels,
                                                                                      config.val_size)
-        except (DataError, ValueError) as err:
+        except (DataError, ValueError, OSError) as err:
             refusal = str(err)
     stop_all_if_any(accelerator, refusal)
     device = accelerator.device
@@ -225,7 +231,8 @@ def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, ema
     except ResumeError as err:
         refusal = str(err)
     except Exception as err:  # a file of the state missing or damaged on this process's disk
-        refusal = f"cannot load the training state {state_dir} ({type(err).__name__}: {err})"
+        reason = next((line for line in str(err).splitlines() if line.strip()), "")[:200]  # torch's run long
+        refusal = f"cannot load the training state {state_dir} ({type(err).__name__}: {reason})"
     stop_all_if_any(accelerator, refusal)
     best = best_so_far(config, folder, accelerator, progress["best"])
     log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {progress['global_step']}, "
@@ -418,6 +425,9 @@ def main(argv=None) -> int:
         log.error(f"error: {err}")
         Tracking.record_failure(accelerator)
         return 1
+    except BaseException:  # a bug, Ctrl-C, out of memory: the traceback follows, and the wandb run is failed
+        Tracking.record_failure(accelerator)
+        raise
     finally:
         accelerator.end_training()  # closes the trackers and tears down the process group
     return 0

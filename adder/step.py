@@ -36,7 +36,7 @@ def why_eager(device: torch.device, processes: int, compiled: bool, no_cuda_grap
     if processes > 1:
         return "a CUDA graph needs one process: DDP's gradient exchange is not captured"
     if compiled:
-        return "torch.compile is on: its step is not captured here (mode reduce-overhead makes CUDA graphs of its own)"
+        return "torch.compile is on: its step is not captured here (reduce-overhead makes CUDA graphs of its own)"
     return None
 
 

@@ -12,8 +12,8 @@ A run holds
 
 Only the main process writes to the run. The run goes online when wandb is logged in and its server
 answers; otherwise it is recorded offline under logs/wandb/ and `wandb sync` uploads it later. A resumed
-training run is a new wandb run, its steps continuing the first one's; a run stopped by an error is marked
-failed.
+training run is a new wandb run, its steps continuing the first one's; a run stopped by an error (or
+Ctrl-C) is marked failed.
 """
 
 from __future__ import annotations
@@ -163,7 +163,9 @@ class Tracking:
         end_training would finish it as a success. Does nothing where no run was started."""
         for tracker in accelerator.trackers if accelerator.is_main_process else []:
             if tracker.name == "wandb":
-                tracker.run.finish(exit_code=1)  # end_training's finish() then finds it finished
+                tracker.run.finish(exit_code=1)
+                accelerator.trackers.remove(tracker)  # end_training would finish it again
+                return
 
     def log_test_results(self, step: int, test: dict, shifted: dict, *, checkpoint: Path, saved: dict,
                          answers: dict[str, torch.Tensor], test_set: DeviceMNIST, figures: dict[str, Path]) -> None:

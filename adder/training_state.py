@@ -83,6 +83,8 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
         accelerator.save_state(str(partial))
         if ema is not None and accelerator.is_main_process:  # the same on every process, like the weights
             torch.save(ema.state_dict(), partial / EMA_FILE)
+    except torch.distributed.DistError:  # a peer process gone, not a failed write
+        raise
     except (RuntimeError, SafetensorError) as err:  # how torch.save and safetensors report a failed write
         raise OSError(f"{type(err).__name__}: {err}") from err
     accelerator.wait_for_everyone()  # every process has written its part (each saves its own RNG state)
