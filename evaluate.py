@@ -27,7 +27,7 @@ from PIL import Image
 
 from adder.checkpoint import CheckpointError, load_model
 from adder.config import TrainConfig, positive_int
-from adder.data import DataError, DeviceMNIST, load_mnist, normalize
+from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, normalize
 from adder.digit_image import DigitImageError, image_files, read_image
 from adder.evaluation import evaluate
 from adder.hardware import place_run
@@ -168,10 +168,9 @@ def main(argv=None) -> int:
     if not accelerator.is_main_process:
         logging.getLogger("adder").setLevel(logging.ERROR)  # the data's notes once, not once per process
     try:
-        with accelerator.main_process_first(), accelerator.local_main_process_first():  # as train.py's load_data
-            images, labels = load_mnist(args.data_dir, train=False)
+        ((images, labels),) = load_mnist_on_every_process(accelerator, args.data_dir, False)
     except DataError as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {err}" if accelerator.is_main_process else 1)  # every process stops, one says why
     test_set = DeviceMNIST(images, labels, accelerator.device)
     results = evaluate(model.to(accelerator.device), test_set, batch_size=args.batch_size,
                        rank=accelerator.process_index, world_size=accelerator.num_processes)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from adder.checkpoint import CheckpointError, atomic_write_text, load_model, read_checkpoint, save_checkpoint
 from adder.config import TrainConfig, parse_config
-from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches
+from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, split_train_val, train_batches
 from adder.ema import moving_average
 from adder.evaluation import evaluate, one_addend_predictions
 from adder.hardware import cpu_name, place_run
@@ -138,20 +138,13 @@ def stop_all_if_any(accelerator: Accelerator, refusal: str | None) -> None:
 
 def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, DeviceMNIST]:
     """The train, validation and test splits, each held whole on the training device."""
-    refusal = None
-    # One process downloads and extracts, then one per other node (no shared disk needed), then the rest read.
-    # A failure is caught inside, so that every process still meets the others at the barriers; then all stop
-    # with the first process's message (a second node's missing data included).
-    with accelerator.main_process_first(), accelerator.local_main_process_first():
-        try:  # only a node's first process downloads: the others read what it extracted
-            download = accelerator.is_local_main_process
-            train_images, train_labels = load_mnist(config.data_dir, train=True, download=download)
-            test_images, test_labels = load_mnist(config.data_dir, train=False, download=download)
-            (train_images, train_labels), (val_images, val_labels) = split_train_val(train_images, train_labels,
-                                                                                     config.val_size)
-        except (DataError, ValueError, OSError) as err:
-            refusal = str(err)
-    stop_all_if_any(accelerator, refusal)
+    try:
+        (train_images, train_labels), (test_images, test_labels) = load_mnist_on_every_process(
+            accelerator, config.data_dir, True, False)
+        (train_images, train_labels), (val_images, val_labels) = split_train_val(train_images, train_labels,
+                                                                                 config.val_size)
+    except (DataError, ValueError) as err:
+        raise RunFailed(str(err)) from err
     device = accelerator.device
     return {"train": DeviceMNIST(train_images, train_labels, device), "val": DeviceMNIST(val_images, val_labels, device),
             "test": DeviceMNIST(test_images, test_labels, device)}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import check_integrity
 
@@ -72,6 +73,24 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
         # Not an error (tests use small files), but a real user should notice a partial data set.
         log.warning(f"note: MNIST {split} split in {raw} has {len(images)} images (the official one has {expected})")
     return images, labels.long()
+
+
+def load_mnist_on_every_process(accelerator, data_dir: str | Path,
+                                *splits: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """load_mnist for each of `splits` (train=True or False) on every process of `accelerator`: the main
+    process first (it downloads and extracts), then each other node's first process (no shared disk needed),
+    then the others, which only read. If any process fails, every process raises a DataError with the first
+    failing process's message: one that stopped alone would leave the others waiting for it at a barrier."""
+    loaded, failure = [], None
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
+        try:  # caught inside, so that every process still meets the others at both barriers
+            loaded = [load_mnist(data_dir, train, download=accelerator.is_local_main_process) for train in splits]
+        except (DataError, OSError) as err:
+            failure = str(err)
+    for rank, message in gather_object([(accelerator.process_index, failure)]):
+        if message:
+            raise DataError(message if rank == 0 else f"process {rank}: {message}")
+    return loaded
 
 
 def split_train_val(
