@@ -224,7 +224,8 @@ def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, ema
     except ResumeError as err:
         refusal = str(err)
     except Exception as err:  # a file of the state missing or damaged on this process's disk
-        reason = next((line for line in str(err).splitlines() if line.strip()), "")[:200]  # torch's run long
+        # The first line: torch's errors go on for several (and advise weights_only=False, wrong here).
+        reason = next((line for line in str(err).splitlines() if line.strip()), "")[:200]
         refusal = f"cannot load the training state {state_dir} ({type(err).__name__}: {reason})"
     stop_all_if_any(accelerator, refusal)
     best = best_so_far(config, folder, accelerator, progress["best"])
