@@ -169,8 +169,9 @@ def main(argv=None) -> int:
         logging.getLogger("adder").setLevel(logging.ERROR)  # the data's notes once, not once per process
     try:
         ((images, labels),) = load_mnist_on_every_process(accelerator, args.data_dir, False)
-    except DataError as err:
-        sys.exit(f"error: {err}" if accelerator.is_main_process else 1)  # every process stops, one says why
+    except DataError as err:  # every process stops, one says why
+        accelerator.end_training()
+        sys.exit(f"error: {err}" if accelerator.is_main_process else 1)
     test_set = DeviceMNIST(images, labels, accelerator.device)
     results = evaluate(model.to(accelerator.device), test_set, batch_size=args.batch_size,
                        rank=accelerator.process_index, world_size=accelerator.num_processes)
