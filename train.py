@@ -39,7 +39,7 @@ from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, split_train_val, train_batches
 from adder.ema import moving_average
 from adder.evaluation import evaluate, one_addend_predictions
-from adder.hardware import cpu_name, place_run
+from adder.hardware import cpu_name, first_failure, place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
 from adder.model import AdderNet, ShiftAveraged, count_parameters
@@ -129,11 +129,10 @@ def still_safe(best_epoch: int, saved_epoch: int) -> str:
 
 
 def stop_all_if_any(accelerator: Accelerator, refusal: str | None) -> None:
-    """Every process stops, with the first refusal's message, if any process refused: one that stopped alone
-    would leave the others waiting for it, and only the main process prints."""
-    for rank, message in gather_object([(accelerator.process_index, refusal)]):
-        if message:
-            raise RunFailed(message if rank == 0 else f"process {rank}: {message}")
+    """Every process stops, with the first refusal's message, if any process refused."""
+    failure = first_failure(accelerator, refusal)
+    if failure:
+        raise RunFailed(failure)
 
 
 def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, DeviceMNIST]:

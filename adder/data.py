@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import gather_object
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import check_integrity
+
+from adder.hardware import first_failure
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +81,16 @@ def load_mnist_on_every_process(accelerator, data_dir: str | Path,
     """load_mnist for each of `splits` (train=True or False) on every process of `accelerator`: the main
     process first (it downloads and extracts), then each other node's first process (no shared disk needed),
     then the others, which only read. If any process fails, every process raises a DataError with the first
-    failing process's message: one that stopped alone would leave the others waiting for it at a barrier."""
+    failing process's message."""
     loaded, failure = [], None
     with accelerator.main_process_first(), accelerator.local_main_process_first():
         try:  # caught inside, so that every process still meets the others at both barriers
             loaded = [load_mnist(data_dir, train, download=accelerator.is_local_main_process) for train in splits]
         except (DataError, OSError) as err:
             failure = str(err)
-    for rank, message in gather_object([(accelerator.process_index, failure)]):
-        if message:
-            raise DataError(message if rank == 0 else f"process {rank}: {message}")
+    failure = first_failure(accelerator, failure)
+    if failure:
+        raise DataError(failure)
     return loaded
 
 
@@ -229,8 +230,8 @@ def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
     batch_size * world_size, and each global batch into world_size shards that differ by at most one image.
     Every process therefore takes the same number of steps (DDP needs that) and nothing is padded or
     dropped. The epoch's last global batch is the remainder (216 images of 55,000 at batch 512), merged into
-    the one before when it would leave a process fewer than two images. The shuffle is drawn on the CPU (the same on every
-    device) and moved to `device` once per epoch. (A DataLoader prepared by accelerate would instead pad
+    the one before when it would leave a process fewer than two images. The shuffle is drawn on the CPU
+    (the same on every device) and moved to `device` once per epoch. (A DataLoader prepared by accelerate would instead pad
     the last batch with repeated images, so that some images would be seen twice per epoch.)
     """
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(device)

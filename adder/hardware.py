@@ -1,4 +1,5 @@
-"""Where a run executes: the GPU when one is usable, otherwise the CPU with the settings that are fast there.
+"""Where a run executes: the GPU when one is usable, otherwise the CPU with the settings that are fast there;
+and how the run's processes stop together.
 
 Accelerate only runs on the CPU when told to (`cpu=True`): on a machine with no usable GPU, N processes
 launched without it would each believe they run alone and train the whole data set side by side. So the
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 
 
 def gpu_usable() -> bool:
@@ -31,20 +33,32 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     (docs/experiments.md, Speed). Where /proc/cpuinfo cannot be read, the safe answer is no.
     """
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
+        cpuinfo = read_cpuinfo()
     return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", cpuinfo) is not None
 
 
 def cpu_name() -> str:
     """The CPU's model, as /proc/cpuinfo names it (Linux), else what the platform module knows."""
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-    except OSError:
-        match = None
+    match = re.search(r"^model name\s*:\s*(.+)$", read_cpuinfo(), re.MULTILINE)
     return match.group(1).strip() if match else platform.processor() or "unknown CPU"
+
+
+def read_cpuinfo() -> str:
+    """Linux's /proc/cpuinfo; empty where there is none."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def first_failure(accelerator, failure: str | None) -> str | None:
+    """The first failing process's message (naming the process unless it is the main one), or None if none
+    failed: the same answer on every process, so that all stop together. One that stopped alone would leave
+    the others waiting for it at their next barrier, and only the main process prints."""
+    for rank, message in gather_object([(accelerator.process_index, failure)]):
+        if message:
+            return message if rank == 0 else f"process {rank}: {message}"
+    return None
 
 
 def cpu_cores() -> int:

@@ -38,7 +38,7 @@ class AdderMetrics(nn.Module):
         self.sum_confusion = MulticlassConfusionMatrix(NUM_SUMS, validate_args=False)
         self.joint_correct = exact_sum()  # both heads right on the same pair
         self.consistent = exact_sum()  # predicted sum == predicted digit + addend, right or wrong
-        self.loss = MeanMetric(nan_strategy="disable")  # (which, in torchmetrics 1.9, ignores update's weight)
+        self.loss = MeanMetric(nan_strategy="disable")  # unweighted: "disable" drops update's weight (1.9.0)
         self.loss.set_dtype(torch.float64)  # a sum over 100,000 pairs: keep it exact enough to compare runs
 
     @torch.no_grad()

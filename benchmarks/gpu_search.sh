@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_search.sh speed DATA_DIR OUT_DIR [--smoke]
 #   bash benchmarks/gpu_search.sh levers DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]
 #
-# speed (about 6 minutes on an H200): the CUDA tests; in one run of benchmarks/throughput.py, the classic
+# speed (an estimate: 6 minutes on an H200): the CUDA tests; in one run of benchmarks/throughput.py, the classic
 # pipeline against train.py's step eager and from a CUDA graph (the default), in bf16, the graph also with
 # cuDNN's autotuning (benchmark_gpu.json); the same for the network with every width a multiple of 8
 # (benchmark_w16.json); the profile of the default's step, and of its eager step by input shape; README's
