@@ -1,32 +1,35 @@
 #!/usr/bin/env bash
-# The speed and accuracy search on one CUDA GPU (docs/experiments.md, "GPU: the search"), in two parts that
+# The speed and accuracy search on one CUDA GPU (docs/experiments.md, "GPU: the search"), in three parts that
 # each fit one call to a lent GPU machine:
 #
 #   bash benchmarks/gpu_search.sh speed DATA_DIR OUT_DIR [--smoke]
 #   bash benchmarks/gpu_search.sh levers DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]
+#   bash benchmarks/gpu_search.sh record DATA_DIR OUT_DIR [--smoke]
 #
-# speed (an estimate: 6 minutes on an H200): the CUDA tests; in one run of benchmarks/throughput.py, the classic
-# pipeline against train.py's step eager and from a CUDA graph (the default), in bf16, the graph also with
-# cuDNN's autotuning (benchmark_gpu.json); the same for the network with every width a multiple of 8
-# (benchmark_w16.json); the profile of the default's step, and of its eager step by input shape; README's
-# one-GPU command for seeds 42 and 1, one at a time, so that each wall time is a run's alone (seeds.json;
-# seed 42's logs/ and best.pt in record.tar).
+# speed (an estimate: 2.5 minutes on an H200): in one run of benchmarks/throughput.py, the classic pipeline
+# against train.py's step eager and from a CUDA graph (the default), in bf16, the graph also with cuDNN's
+# autotuning (benchmark_b512.json); the graph and the autotuned graph for the network with every width a
+# multiple of 8 (benchmark_w16.json); the profile of the default's step, and of its eager step by input shape.
 # levers (--budget, default 420 s): the recipes below, seeds 1-5 five at once (benchmarks/seeds.py --jobs 5),
 # in order, each begun only if its time limit fits in what is left: NAME.json each.
-# Both parts print to OUT_DIR/search.log and keep every training's console output and metrics.jsonl in
-# OUT_DIR/PART_logs.tar (all a failed or cut-off recipe leaves); the exit status is 1 if a step failed or
-# was cut off. DATA_DIR holds MNIST/raw/ and is only read.
+# record (an estimate: 4.5 minutes): what training_logs/ and README report, for the code as it is: README's
+# one-GPU command for seeds 42, 1, 2, 3 and 4, one at a time, so that each wall time is a run's alone
+# (seeds.json; seed 42's logs/ and best.pt in record.tar); the classic pipeline against the default's step
+# (benchmark_gpu.json); the CUDA tests.
+# Each part prints to OUT_DIR/search.log; levers and record keep every training's console output and
+# metrics.jsonl in OUT_DIR/PART_logs.tar (all a failed or cut-off recipe leaves). The exit status is 1 if a
+# step failed or was cut off. DATA_DIR holds MNIST/raw/ and is only read.
 #
 # --smoke: the same steps on the CPU (CUDA hidden) with a tiny model for 2-3 epochs, to try the script
 # before GPU time is spent on it, on tiny synthetic MNIST (tests/conftest.py's make_mnist_dir, as
-# benchmarks/gpu_check.sh says); a few minutes on 2 CPU cores.
+# benchmarks/gpu_check.sh says); a minute or two per part on 2 CPU cores.
 set -uo pipefail
 
-usage="usage: bash benchmarks/gpu_search.sh {speed|levers} DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]"
+usage="usage: bash benchmarks/gpu_search.sh {speed|levers|record} DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]"
 (( $# >= 3 )) || { echo "$usage" >&2; exit 2; }
 part=$1 data=$2 out=$3
 shift 3
-[[ $part == speed || $part == levers ]] || { echo "error: the part is speed or levers; $usage" >&2; exit 2; }
+[[ $part =~ ^(speed|levers|record)$ ]] || { echo "error: the part is speed, levers or record; $usage" >&2; exit 2; }
 budget=420
 source "$(dirname "$0")/gpu_options.sh" && parse_options "$@"
 mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
@@ -48,10 +51,10 @@ recipes=(
 # The default network with its first stage at 16 channels, not 12 (47,881 parameters): cuDNN's tensor-core
 # convolutions in channels_last are built for channel counts in multiples of 8.
 widths8=(--widths 16,16 24,32 32,32,48)
-device=cuda solo_seeds=(42 1) size=() epochs=() profile=()
+device=cuda record_seeds=(42 1 2 3 4) size=() epochs=() profile=()
 if $smoke; then
     export CUDA_VISIBLE_DEVICES=""
-    device=cpu solo_seeds=(42 1) epochs=(--epochs 2) profile=(--steps 2)
+    device=cpu record_seeds=(42 1) epochs=(--epochs 2) profile=(--steps 2)
     size=(--val_size 100 --batch_size 100 --widths 4,4 8,8 8 --sum_hidden 16) widths8=(--widths 8,8 8,8 8)
     recipes=("60 e3_ema --epochs 3 --ema_decay 0.9" "60 b200 --epochs 2 --batch_size 200 --lr 0.2")
 fi
@@ -60,8 +63,10 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_search.XXXXXX") || exit 1
 # On any exit, what each training printed and its epochs (a failed or cut-off recipe has no seeds.json: these
 # are then all there is) go into OUT_DIR/PART_logs.tar, before the work folder goes.
 keep_logs() {
-    (cd "$work" && find . -path ./data -prune -o \( -name 'seed_*.log' -o -name console.log -o -name metrics.jsonl \) \
-        -print | tar -cf "$out/${part}_logs.tar" -T -)
+    local logs
+    logs=$(cd "$work" && find . -path ./data -prune -o \
+        \( -name 'seed_*.log' -o -name console.log -o -name metrics.jsonl \) -print)
+    [[ -z $logs ]] || (cd "$work" && tar -cf "$out/${part}_logs.tar" -T - <<< "$logs")
     rm -rf "$work"
 }
 trap keep_logs EXIT
@@ -90,23 +95,26 @@ python3 -c 'from importlib.metadata import version
 print(", ".join(f"{name} {version(name)}" for name in ("torch", "torchvision", "accelerate", "torchmetrics")))' >> "$log"
 
 if [[ $part == speed ]]; then
-    # -o addopts=: the GPU machine may lack pytest-xdist, which pyproject.toml's options ask for.
-    step 120 python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py
     step 100 python3 benchmarks/throughput.py --device $device --data_dir "$work/data" \
-        --pipelines classic bf16 bf16+graph bf16+graph+autotune --json "$out/benchmark_gpu.json" "${epochs[@]}" \
+        --pipelines classic bf16 bf16+graph bf16+graph+autotune --json "$out/benchmark_b512.json" "${epochs[@]}" \
         "${size[@]}"
     step 80 python3 benchmarks/throughput.py --device $device --data_dir "$work/data" \
-        --pipelines classic bf16+graph bf16+graph+autotune --json "$out/benchmark_w16.json" "${epochs[@]}" \
-        "${size[@]}" "${widths8[@]}"
+        --pipelines bf16+graph bf16+graph+autotune --json "$out/benchmark_w16.json" "${epochs[@]}" "${size[@]}" \
+        "${widths8[@]}"
     step 45 python3 benchmarks/profile_step.py --data_dir "$work/data" --mixed_precision bf16 --rows 25 \
         "${profile[@]}" "${epochs[@]}" "${size[@]}"
     # The eager step by input shape: which layer's convolution the slowest kernel serves.
     step 45 python3 benchmarks/profile_step.py --data_dir "$work/data" --mixed_precision bf16 --rows 25 \
         --no_cuda_graph --shapes "${profile[@]}" "${epochs[@]}" "${size[@]}"
-    step 100 python3 benchmarks/seeds.py --seeds "${solo_seeds[@]}" --out "$work/default" --data_dir "$work/data" \
+elif [[ $part == record ]]; then
+    step 200 python3 benchmarks/seeds.py --seeds "${record_seeds[@]}" --out "$work/default" --data_dir "$work/data" \
         -- "${epochs[@]}" "${size[@]}"
     cp "$work/default/seeds.json" "$out/seeds.json" 2> /dev/null
-    tar -C "$work/default/seed_${solo_seeds[0]}" -cf "$out/record.tar" logs best.pt 2> /dev/null
+    tar -C "$work/default/seed_${record_seeds[0]}" -cf "$out/record.tar" logs best.pt 2> /dev/null
+    step 100 python3 benchmarks/throughput.py --device $device --data_dir "$work/data" \
+        --pipelines classic bf16 bf16+graph --json "$out/benchmark_gpu.json" "${epochs[@]}" "${size[@]}"
+    # -o addopts=: the GPU machine may lack pytest-xdist, which pyproject.toml's options ask for.
+    step 120 python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py
 else
     for recipe in "${recipes[@]}"; do
         read -r limit name flags <<< "$recipe"
