@@ -110,9 +110,11 @@ def main() -> int:
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(events.table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=60))
     if args.shapes:
-        # Totals, not self times: a convolution's kernels run under aten ops nested below the one with the shapes.
+        # Self times: every op records its inputs' shapes, the innermost one too (aten::cudnn_convolution,
+        # aten::convolution_backward), which launches the kernels; totals would list each layer once per
+        # nesting level (conv2d > convolution > _convolution > cudnn_convolution).
         print(prof.key_averages(group_by_input_shape=True).table(
-            sort_by=sort_by.replace("self_", ""), row_limit=args.rows, max_name_column_width=40,
+            sort_by=sort_by, row_limit=args.rows, max_name_column_width=40,
             max_shapes_column_width=80))
     return 0
 

@@ -8,7 +8,7 @@
 Any further flag is train.py's (adder/config.py's TrainConfig); without any, every pipeline uses its defaults.
 
 --pipelines (default: classic fp32 bf16 on a CPU; classic bf16 bf16+graph on a GPU), each run in turn in this
-one process on the same device:
+process on the same device (but one, below):
     classic          torchvision MNIST, per-sample ToTensor + Normalize, a random addend per sample, DataLoader
                      with batch 128 and 4 workers, fp32; a plain training loop
     fp32, bf16       train.py itself (its real loop, via train.main) with its step launched kernel by kernel
@@ -19,7 +19,9 @@ one process on the same device:
     fp32+graph       the same without autocast: a graph replays the step's kernels at no launch cost, which
                      leaves their own time, and autocast's casts are kernels too
     bf16+graph+autotune  bf16+graph with torch.backends.cudnn.benchmark on: cuDNN times its algorithms for each
-                     convolution's shape at the first steps and keeps the fastest (the graph then replays those)
+                     convolution's shape at the first steps and keeps the fastest (the graph then replays those);
+                     run in a process of its own unless it is the only pipeline, since cuDNN keeps the algorithm
+                     it chose for a shape for the life of the process, whatever cudnn.benchmark says later
     bf16+compile     bf16, the model through torch.compile, as `accelerate launch --dynamo_backend inductor`
     bf16+cudagraphs  the same in torch.compile's "reduce-overhead" mode (CUDA graphs; as --dynamo_mode
                      reduce-overhead), which replays each step's kernels without launching them one by one;
@@ -39,6 +41,7 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -140,6 +143,18 @@ def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.de
     return [row["train_seconds"] for row in rows], notes
 
 
+def row_in_own_process(pipeline: str, args: argparse.Namespace, train_flags: list[str]) -> dict:
+    """One pipeline's row (its error, if it failed), measured by this script in a new process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "table.json"
+        result = subprocess.run([sys.executable, __file__, "--device", args.device, "--data_dir", args.data_dir,
+                                 "--epochs", str(args.epochs), "--pipelines", pipeline, "--json", str(table),
+                                 *train_flags])
+        if not table.exists():
+            raise RuntimeError(f"the process measuring {pipeline} exited {result.returncode} without a table")
+        return json.loads(table.read_text())["rows"][0]
+
+
 def summary(name: str, seconds: list[float], images: int, notes: dict | None = None) -> dict:
     steady = sum(seconds[1:]) / len(seconds[1:])
     return {"pipeline": name, "first_s": seconds[0], "steady_s": steady, "images_per_s": images / steady} | (notes or {})
@@ -191,6 +206,8 @@ def main() -> int:
         try:
             if pipeline == "classic":
                 rows.append(summary(label, *classic_epochs(config.data_dir, config.model_config, device, config.epochs)))
+            elif autotune and len(args.pipelines) > 1:
+                rows.append(row_in_own_process(pipeline, args, train_flags))
             else:
                 seconds, notes = project_epochs([*train_flags, *flags], config, device, precision, compile_mode,
                                                 args.compile_backend, autotune)
