@@ -1,6 +1,8 @@
 """evaluate.py's errors about checkpoints and data; the LR-finder module on tiny data.
 (evaluate.py on your own pictures: test_digit_image.py.)"""
 
+import math
+
 import pytest
 import torch
 
@@ -67,6 +69,12 @@ def test_lr_range_test_sweeps_and_suggests(tiny_mnist):
                                 TrainConfig(batch_size=64), steps=40, end_lr=10.0)
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-5)
     assert lrs[0] <= suggest(lrs, losses) <= lrs[-1]
+
+
+def test_the_suggested_rate_is_where_the_loss_falls_fastest():
+    lrs = [1e-5 * 10 ** (6 * i / 99) for i in range(100)]  # 1e-5 to 10, 15 % apart
+    losses = [2 - math.tanh(2 * (math.log10(lr) + 2)) for lr in lrs]  # falls fastest at 1e-2
+    assert suggest(lrs, losses) == pytest.approx(1e-2, rel=0.15)
 
 
 def test_lr_range_test_refuses_too_few_steps_with_one_line(capsys):

@@ -1,24 +1,33 @@
-"""A short training on the real MNIST (skipped where the data is absent: see conftest.py's real_mnist)."""
+"""The real MNIST: the shipped model's report, and a short training (skipped where the data is absent: see
+conftest.py's real_mnist)."""
 
 import json
 
-import torch
+import pytest
 
-from adder.checkpoint import save_checkpoint
-from adder.model import AdderNet, ModelConfig
 from conftest import ROOT, run_cli
 
+SHIPPED = ROOT / "training_logs" / "best.pt"
 
-def test_real_test_set_evaluates_identically_with_one_and_two_processes(real_mnist, tmp_path):
-    torch.manual_seed(0)
-    # No training settings in the file: evaluation needs only the model and its config.
-    save_checkpoint(tmp_path / "best.pt", AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]])),
-                    train_config={}, epoch=0, val_metrics={})
-    args = ["evaluate.py", "--ckpt", str(tmp_path / "best.pt"), "--data_dir", str(real_mnist), "--cpu", "--json"]
-    one, two = (json.loads(run_cli(args, processes=n).stdout.strip().splitlines()[-1]) for n in (1, 2))
-    assert one["pairs"] == two["pairs"] == 100_000
-    for name in ("digit_acc", "sum_acc", "joint_acc", "consistency", "per_sum_acc"):
-        assert one[name] == two[name], name
+
+def evaluate_shipped(real_mnist, processes: int) -> dict:
+    args = ["evaluate.py", "--ckpt", str(SHIPPED), "--data_dir", str(real_mnist), "--cpu", "--json"]
+    return json.loads(run_cli(args, processes=processes).stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def shipped_report(real_mnist) -> dict:
+    """training_logs/best.pt scored on the real test set by one process."""
+    return evaluate_shipped(real_mnist, processes=1)
+
+
+def test_real_test_set_evaluates_identically_with_one_and_two_processes(real_mnist, shipped_report):
+    # A trained model, so that every count depends on each image meeting its own label and addend: an image
+    # scored twice, skipped or paired with another's label in either process's share changes them.
+    two = evaluate_shipped(real_mnist, processes=2)
+    assert shipped_report["pairs"] == two["pairs"] == 100_000
+    for name in ("digit_correct", "sum_correct", "joint_correct", "consistent", "per_sum_acc"):
+        assert shipped_report[name] == two[name], name
 
 
 def test_one_epoch_on_real_mnist_reaches_a_sane_accuracy(real_mnist, tmp_path):
@@ -37,15 +46,13 @@ def test_one_epoch_on_real_mnist_reaches_a_sane_accuracy(real_mnist, tmp_path):
     assert report["consistency"] >= 0.995, report
 
 
-def test_the_shipped_model_reproduces_its_report(real_mnist):
+def test_the_shipped_model_reproduces_its_report(shipped_report):
     # training_logs/ ships the record run: its best.pt, scored again, must give the report the run wrote. The run
     # was trained and scored on a GPU, whose fp32 convolutions round differently (TF32 by default): scored on
     # this CPU, a pair whose two best answers are within rounding of each other may flip (measured: 1 of 100,000).
     # On the GPU, evaluate.py reproduced every count of the same weights (the eager step's record at d5e034f, whose
     # weights the shipped CUDA-graph run matches bit for bit: `git show 3cc6271:training_logs/seeds.json`).
-    result = run_cli(["evaluate.py", "--ckpt", str(ROOT / "training_logs" / "best.pt"), "--data_dir", str(real_mnist),
-                      "--cpu", "--json"])
-    evaluated = json.loads(result.stdout.strip().splitlines()[-1])
+    evaluated = shipped_report
     shipped = json.loads((ROOT / "training_logs" / "test_metrics.json").read_text())
     for name in ("epoch", "parameters", "pairs"):
         assert evaluated[name] == shipped[name], name
