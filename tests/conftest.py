@@ -23,6 +23,17 @@ TINY_MODEL = ["--widths", "4,4", "8,8", "8", "--sum_hidden", "16"]
 needs_dev_full = pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs /dev/full (Linux)")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker and every process it starts keep to one core of their own. The CLI runs
+    take every core they are given (adder/hardware.py): two workers' runs would each start a thread per core
+    and spend their time waiting on each other's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        if int(worker.removeprefix("gw")) < len(cores):
+            os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw"))]})
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array in the IDX format MNIST uses (magic 0x0000080N, big-endian dimensions)."""
     header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
