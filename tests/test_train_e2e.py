@@ -64,11 +64,20 @@ def test_two_processes_without_a_gpu_share_one_run_and_print_each_line_once(two_
     assert len(seconds) == 1 and 0 < seconds[0] < 300, logged[:6]
 
 
-def test_evaluate_with_two_processes_and_no_gpu_gives_one_exact_report(two_process_run, tiny_mnist):
+@pytest.fixture(scope="module")
+def evaluations(two_process_run, tiny_mnist):
+    """evaluate.py on the two-process run's best.pt: the JSON report of one process, and the output of two
+    launched with --multi_gpu and without --cpu on a machine with no usable GPU."""
     out, _ = two_process_run
-    result = run_cli(["evaluate.py", "--ckpt", str(out / "best.pt"), "--data_dir", str(tiny_mnist), "--json"],
-                     processes=2, env=NO_GPU)
-    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    one = evaluate_json(out / "best.pt", tiny_mnist, processes=1)
+    two = run_cli(["evaluate.py", "--ckpt", str(out / "best.pt"), "--data_dir", str(tiny_mnist), "--json"],
+                  processes=2, env=NO_GPU)
+    return one, two
+
+
+def test_evaluate_with_two_processes_and_no_gpu_gives_one_exact_report(two_process_run, evaluations):
+    out, _ = two_process_run
+    reports = [json.loads(line) for line in evaluations[1].stdout.splitlines() if line.startswith("{")]
     assert len(reports) == 1 and reports[0]["pairs"] == 510
     assert reports[0]["joint_correct"] == json.loads((out / "logs" / "test_metrics.json").read_text())["joint_correct"]
 
@@ -89,10 +98,9 @@ def test_two_process_training_writes_a_self_describing_best_pt(two_process_run):
     assert test["digit_acc"] > 0.3
 
 
-def test_evaluation_is_exact_and_identical_with_one_and_two_processes(two_process_run, tiny_mnist):
+def test_evaluation_is_exact_and_identical_with_one_and_two_processes(two_process_run, evaluations):
     out, _ = two_process_run
-    one = evaluate_json(out / "best.pt", tiny_mnist, processes=1)
-    two = evaluate_json(out / "best.pt", tiny_mnist, processes=2)
+    one, two = evaluations[0], json.loads(evaluations[1].stdout.strip().splitlines()[-1])
     assert one["pairs"] == two["pairs"] == 510
     for name in ("digit_acc", "sum_acc", "joint_acc", "consistency", "per_sum_acc"):
         assert one[name] == two[name], name
@@ -103,9 +111,9 @@ def test_evaluation_is_exact_and_identical_with_one_and_two_processes(two_proces
     assert one["joint_acc"] == train_report["joint_acc"]
 
 
-def test_shift_averaged_evaluation_is_exact_with_two_processes(two_process_run, tiny_mnist):
+def test_shift_averaged_evaluation_is_exact_with_two_processes(two_process_run, evaluations, tiny_mnist):
     out, _ = two_process_run
-    plain = evaluate_json(out / "best.pt", tiny_mnist)
+    plain = evaluations[0]
     one = evaluate_json(out / "best.pt", tiny_mnist, "--tta", processes=1)
     two = evaluate_json(out / "best.pt", tiny_mnist, "--tta", processes=2)
     assert one["tta"] and not plain["tta"] and one["pairs"] == two["pairs"] == 510
