@@ -27,11 +27,11 @@ def pytest_configure(config):
     """Under pytest-xdist, each worker and every process it starts keep to one core of their own. The CLI runs
     take every core they are given (adder/hardware.py): two workers' runs would each start a thread per core
     and spend their time waiting on each other's."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
     if worker and hasattr(os, "sched_setaffinity"):
-        cores = sorted(os.sched_getaffinity(0))
-        if int(worker.removeprefix("gw")) < len(cores):
-            os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw"))]})
+        cores, index = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw"))
+        if index < len(cores):  # more workers than cores (-n 3 on two): the others stay unpinned
+            os.sched_setaffinity(0, {cores[index]})
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
