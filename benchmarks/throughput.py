@@ -23,6 +23,7 @@ process on the same device (but one, below):
                      run in a process of its own unless it is the only pipeline, since cuDNN keeps the algorithm
                      it chose for a shape for the life of the process, whatever cudnn.benchmark says later
     bf16+compile     bf16, the model through torch.compile, as `accelerate launch --dynamo_backend inductor`
+    fp32+compile     the same without autocast (a CPU without native bf16)
     bf16+cudagraphs  the same in torch.compile's "reduce-overhead" mode (CUDA graphs; as --dynamo_mode
                      reduce-overhead), which replays each step's kernels without launching them one by one;
                      its row's cudagraph_skips counts the graphs inductor could not capture
@@ -170,6 +171,7 @@ PIPELINES = {
     "fp32+graph": ("project (train.py), fp32, CUDA-graph step", "no", None, [], False),
     "bf16+graph+autotune": ("project (train.py), bf16, CUDA-graph step, cudnn.benchmark", "bf16", None, [], True),
     "bf16+compile": ("project (train.py), bf16, torch.compile", "bf16", "default", [], False),
+    "fp32+compile": ("project (train.py), fp32, torch.compile", "no", "default", [], False),
     "bf16+cudagraphs": ("project (train.py), bf16, torch.compile reduce-overhead", "bf16", "reduce-overhead", [], False),
 }
 
