@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh, the GPU check, in its CPU dry mode: every step runs and every output file is made,
-within the limits on what the check may write, so that the script is known to work before GPU time is spent."""
+within the limits on what the check may write, so that the script is known to work before GPU time is spent.
+benchmarks/gpu_search.sh's parts are tried by hand (its --smoke); here, its refusals of bad arguments."""
 
 import json
 import re
@@ -111,6 +112,19 @@ def test_bad_arguments_get_one_error_line(tiny_mnist, tmp_path, arguments, messa
     (tmp_path / "full" / "old.txt").write_text("an earlier check")
     paths = {"data": tiny_mnist, "out": tmp_path / "out", "full": tmp_path / "full"}
     result = subprocess.run(["bash", "benchmarks/gpu_check.sh", *(a.format(**paths) for a in arguments)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["sweep", "{data}", "{out}"], "the part is speed, levers or record"),
+    (["record", "{data}/nowhere", "{out}"], "MNIST/raw not found"),
+    (["levers", "{data}", "{out}", "--budget", "soon"], "--budget takes a number of seconds"),
+])
+def test_the_gpu_search_refuses_bad_arguments_with_one_line(tiny_mnist, tmp_path, arguments, message):
+    paths = {"data": tiny_mnist, "out": tmp_path / "out"}
+    result = subprocess.run(["bash", "benchmarks/gpu_search.sh", *(a.format(**paths) for a in arguments)], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
