@@ -34,6 +34,15 @@ def pytest_configure(config):
             os.sched_setaffinity(0, {cores[index]})
 
 
+# The modules whose runs take longest, which start first, so that no worker is left alone with one at the end.
+LONGEST_FIRST = ["test_train_e2e.py", "test_launch.py", "test_real_mnist.py", "test_gpu_check.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array in the IDX format MNIST uses (magic 0x0000080N, big-endian dimensions)."""
     header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
