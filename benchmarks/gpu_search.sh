@@ -1,53 +1,76 @@
 #!/usr/bin/env bash
-# The speed and accuracy search on one CUDA GPU (docs/experiments.md, "GPU: the search"), in three parts that
-# each fit one call to a lent GPU machine:
+# The speed and accuracy search on one CUDA GPU (docs/experiments.md, "GPU: the search"), in four parts, each
+# short enough to share one call to a lent GPU machine with another:
 #
 #   bash benchmarks/gpu_search.sh speed DATA_DIR OUT_DIR [--smoke]
-#   bash benchmarks/gpu_search.sh levers DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]
+#   bash benchmarks/gpu_search.sh levers DATA_DIR OUT_DIR [--smoke] [--budget SECONDS] [--recipes NAME,NAME...]
 #   bash benchmarks/gpu_search.sh record DATA_DIR OUT_DIR [--smoke]
+#   bash benchmarks/gpu_search.sh cuda_tests DATA_DIR OUT_DIR [--smoke]
 #
 # speed (an estimate: 2.5 minutes on an H200): in one run of benchmarks/throughput.py, the classic pipeline
 # against train.py's step eager and from a CUDA graph (the default), in bf16, the graph also with cuDNN's
 # autotuning (benchmark_b512.json); the graph and the autotuned graph for the network with every width a
 # multiple of 8 (benchmark_w16.json); the profile of the default's step, and of its eager step by input shape.
-# levers (--budget, default 420 s): the recipes below, seeds 1-5 five at once (benchmarks/seeds.py --jobs 5),
-# in order, each begun only if its time limit fits in what is left: NAME.json each.
-# record (an estimate: 5.5 minutes): what training_logs/ and README report, for the code as it is: README's
+# levers (--budget, default 420 s): the recipes below (all, or those --recipes names), seeds 1-5 five at once
+# (benchmarks/seeds.py --jobs 5), in order, each begun only if its time limit fits in what is left: NAME.json
+# each.
+# record (an estimate: 3.5 minutes): what training_logs/ and README report, for the code as it is: README's
 # one-GPU command for seeds 42, 1, 2, 3 and 4, one at a time, so that each wall time is a run's alone
 # (seeds.json; seed 42's logs/ and best.pt in record.tar); the classic pipeline against the default's step
-# (benchmark_gpu.json); the CUDA tests.
+# (benchmark_gpu.json).
+# cuda_tests (an estimate: 2.2 minutes): tests/test_cuda.py, the graph against the eager step.
+#
 # Each part prints to OUT_DIR/search.log; levers and record keep every training's console output and
 # metrics.jsonl in OUT_DIR/PART_logs.tar (all a failed or cut-off recipe leaves). The exit status is 1 if a
 # step failed or was cut off. DATA_DIR holds MNIST/raw/ and is only read.
 #
-# --smoke: the same steps on the CPU (CUDA hidden) with a tiny model for 2-3 epochs, to try the script
-# before GPU time is spent on it, on tiny synthetic MNIST (tests/conftest.py's make_mnist_dir, as
-# benchmarks/gpu_check.sh says); a minute or two per part on 2 CPU cores.
+# --smoke: the same steps on the CPU (CUDA hidden), 2-3 epochs of a tiny model (the recipes' own network
+# where they change it), to try the script before GPU time is spent on it, on tiny synthetic MNIST
+# (tests/conftest.py's make_mnist_dir, as benchmarks/gpu_check.sh says); a few minutes per part on 2 CPU cores.
 set -uo pipefail
 
-usage="usage: bash benchmarks/gpu_search.sh {speed|levers|record} DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]"
+usage="usage: bash benchmarks/gpu_search.sh {speed|levers|record|cuda_tests} DATA_DIR OUT_DIR [--smoke] \
+[--budget SECONDS] [--recipes NAME,NAME...]"
 (( $# >= 3 )) || { echo "$usage" >&2; exit 2; }
 part=$1 data=$2 out=$3
 shift 3
-[[ $part =~ ^(speed|levers|record)$ ]] || { echo "error: the part is speed, levers or record; $usage" >&2; exit 2; }
-budget=420
-source "$(dirname "$0")/gpu_options.sh" && parse_options "$@"
+[[ $part =~ ^(speed|levers|record|cuda_tests)$ ]] || {
+    echo "error: the part is speed, levers, record or cuda_tests; $usage" >&2; exit 2; }
+budget=420 chosen=""  # chosen: the --recipes list, empty for all
+options=()
+while (( $# )); do
+    if [[ $1 == --recipes ]]; then
+        [[ ${2:-} =~ ^[a-z0-9_,]+$ ]] || { echo "error: --recipes takes names separated by commas" >&2; exit 2; }
+        chosen=$2; shift
+    else
+        options+=("$1")
+    fi
+    shift
+done
+source "$(dirname "$0")/gpu_options.sh" && parse_options "${options[@]}"
 mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
 cd "$(dirname "$0")/.."
 
 # Accuracy levers, in the order they run: "TIME_LIMIT_S NAME TRAIN.PY FLAGS...". Sixty epochs led the search so
-# far (99.67 % test joint, eager; docs/experiments.md); these average the weights over sixty, widen the first
-# stage to 16 channels (the speed lead above), try forty epochs, and change the regularisation at the default
-# length (less label smoothing, more weight decay), each alone.
+# far (99.67 % test joint, eager; docs/experiments.md); these average the weights over sixty; halve the batch
+# (twice the steps, the rate halved with it: the network does not fit its own training images yet); widen
+# the first stage to 16 channels (the speed lead above); try forty epochs; change the regularisation at the
+# default length (less label smoothing, more weight decay); each alone.
 # The limits: a graph-replayed run keeps the card about 90 % busy, so five at once queue for it; about five
 # times a run's epochs (0.3 s each at batch 512, training and validation), plus 30 s for their start-up.
 recipes=(
     "180 e60_ema --epochs 60 --ema_decay 0.999"
+    "120 b256 --batch_size 256 --lr 0.05"
     "90 w16 --widths 16,16 24,32 32,32,48"
     "120 e40 --epochs 40"
     "90 ls005 --label_smoothing 0.05"
     "90 wd1e3 --weight_decay 1e-3"
 )
+names=" $(for recipe in "${recipes[@]}"; do read -r _ name _ <<< "$recipe"; printf '%s ' "$name"; done)"
+[[ -z $chosen || $part == levers ]] || { echo "error: --recipes chooses among the levers part's recipes" >&2; exit 2; }
+for name in ${chosen//,/ }; do
+    [[ $names == *" $name "* ]] || { echo "error: no recipe $name; the recipes are:$names" >&2; exit 2; }
+done
 # The default network with its first stage at 16 channels, not 12 (47,881 parameters): cuDNN's tensor-core
 # convolutions in channels_last are built for channel counts in multiples of 8.
 widths8=(--widths 16,16 24,32 32,32,48)
@@ -56,7 +79,6 @@ if $smoke; then
     export CUDA_VISIBLE_DEVICES=""
     device=cpu record_seeds=(42 1) epochs=(--epochs 2) profile=(--steps 2)
     size=(--val_size 100 --batch_size 100 --widths 4,4 8,8 8 --sum_hidden 16) widths8=(--widths 8,8 8,8 8)
-    recipes=("60 e3_ema --epochs 3 --ema_decay 0.9" "60 b200 --epochs 2 --batch_size 200 --lr 0.2")
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_search.XXXXXX") || exit 1
@@ -113,17 +135,21 @@ elif [[ $part == record ]]; then
     tar -C "$work/default/seed_${record_seeds[0]}" -cf "$out/record.tar" logs best.pt 2> /dev/null
     step 100 python3 benchmarks/throughput.py --device $device --data_dir "$work/data" \
         --pipelines classic bf16 bf16+graph --json "$out/benchmark_gpu.json" "${epochs[@]}" "${size[@]}"
+elif [[ $part == cuda_tests ]]; then
     # -o addopts=: the GPU machine may lack pytest-xdist, which pyproject.toml's options ask for.
     # Seven short trainings and an evaluation, about 16 s each there: 130 s expected.
     step 200 python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py
 else
     for recipe in "${recipes[@]}"; do
         read -r limit name flags <<< "$recipe"
+        [[ -z $chosen || ,$chosen, == *",$name,"* ]] || continue
         left=$(( budget - SECONDS ))
         if (( left < limit )); then say "$name skipped: $left s left, its limit is $limit s"; continue; fi
+        # The recipe's flags after the smoke's tiny sizes (its own network, batch or rate win), before its
+        # epochs (the smoke's 2 win).
         # shellcheck disable=SC2086  # the recipe's flags are words
         step "$limit" python3 benchmarks/seeds.py --seeds 1 2 3 4 5 --jobs 5 --out "$work/$name" \
-            --data_dir "$work/data" -- "${size[@]}" $flags
+            --data_dir "$work/data" -- "${size[@]}" $flags "${epochs[@]}"
         cp "$work/$name/seeds.json" "$out/$name.json" 2> /dev/null
     done
 fi
