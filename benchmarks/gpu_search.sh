@@ -52,14 +52,12 @@ mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
 cd "$(dirname "$0")/.."
 
 # Accuracy levers, in the order they run: "TIME_LIMIT_S NAME TRAIN.PY FLAGS...". Sixty epochs led the search so
-# far (99.67 % test joint, eager; docs/experiments.md); these average the weights over sixty, widen the first
-# stage to 16 channels (the speed lead above), try forty epochs, and change the regularisation at the default
-# length (less label smoothing, more weight decay), each alone.
+# far (99.67 % test joint, eager; docs/experiments.md); these average the weights over sixty, try forty epochs,
+# and change the regularisation at the default length (less label smoothing, more weight decay), each alone.
 # The limits: a graph-replayed run keeps the card about 90 % busy, so five at once queue for it; about five
 # times a run's epochs (0.3 s each at batch 512, training and validation), plus 30 s for their start-up.
 recipes=(
     "180 e60_ema --epochs 60 --ema_decay 0.999"
-    "90 w16 --widths 16,16 24,32 32,32,48"
     "120 e40 --epochs 40"
     "90 ls005 --label_smoothing 0.05"
     "90 wd1e3 --weight_decay 1e-3"
@@ -143,8 +141,7 @@ else
         [[ -z $chosen || ,$chosen, == *",$name,"* ]] || continue
         left=$(( budget - SECONDS ))
         if (( left < limit )); then say "$name skipped: $left s left, its limit is $limit s"; continue; fi
-        # The recipe's flags after the smoke's tiny sizes (its own network wins), before its epochs (the
-        # smoke's 2 win).
+        # The recipe's flags after the smoke's tiny sizes, before its epochs (the smoke's 2 win).
         # shellcheck disable=SC2086  # the recipe's flags are words
         step "$limit" python3 benchmarks/seeds.py --seeds 1 2 3 4 5 --jobs 5 --out "$work/$name" \
             --data_dir "$work/data" -- "${size[@]}" $flags "${epochs[@]}"

@@ -121,9 +121,9 @@ def test_bad_arguments_get_one_error_line(tiny_mnist, tmp_path, arguments, messa
     (["sweep", "{data}", "{out}"], "the part is speed, levers, record or cuda_tests"),
     (["record", "{data}/nowhere", "{out}"], "MNIST/raw not found"),
     (["levers", "{data}", "{out}", "--budget", "soon"], "--budget takes a number of seconds"),
-    (["levers", "{data}", "{out}", "--recipes", "w16,e1000"], "no recipe e1000; the recipes are: e60_ema w16 e40"),
+    (["levers", "{data}", "{out}", "--recipes", "e40,e1000"], "no recipe e1000; the recipes are: e60_ema e40 ls005"),
     (["levers", "{data}", "{out}", "--recipes"], "--recipes takes names separated by commas"),
-    (["record", "{data}", "{out}", "--recipes", "w16"], "--recipes chooses among the levers part's recipes"),
+    (["record", "{data}", "{out}", "--recipes", "e40"], "--recipes chooses among the levers part's recipes"),
 ])
 def test_the_gpu_search_refuses_bad_arguments_with_one_line(tiny_mnist, tmp_path, arguments, message):
     paths = {"data": tiny_mnist, "out": tmp_path / "out"}
