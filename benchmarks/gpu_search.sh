@@ -24,9 +24,9 @@
 # metrics.jsonl in OUT_DIR/PART_logs.tar (all a failed or cut-off recipe leaves). The exit status is 1 if a
 # step failed or was cut off. DATA_DIR holds MNIST/raw/ and is only read.
 #
-# --smoke: the same steps on the CPU (CUDA hidden), 2-3 epochs of a tiny model (the recipes' own network
-# where they change it), to try the script before GPU time is spent on it, on tiny synthetic MNIST
-# (tests/conftest.py's make_mnist_dir, as benchmarks/gpu_check.sh says); a few minutes per part on 2 CPU cores.
+# --smoke: the same steps on the CPU (CUDA hidden), 2-3 epochs of a tiny model with each recipe's own
+# setting, to try the script before GPU time is spent on it, on tiny synthetic MNIST (tests/conftest.py's
+# make_mnist_dir, as benchmarks/gpu_check.sh says); a minute or two per part on 2 CPU cores.
 set -uo pipefail
 
 usage="usage: bash benchmarks/gpu_search.sh {speed|levers|record|cuda_tests} DATA_DIR OUT_DIR [--smoke] \
