@@ -102,32 +102,24 @@ def test_steps_the_budget_has_no_room_for_are_skipped_with_a_note(tiny_mnist, tm
     assert json.loads((tmp_path / "out" / "two_processes.json").read_text())["identical"] is None
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["{data}/nowhere", "{out}"], "MNIST/raw not found"),
-    (["{data}", "{full}"], "is not empty"),
-    (["{data}", "{out}", "--budget", "soon"], "--budget takes a number of seconds"),
+@pytest.mark.parametrize("script, arguments, message", [
+    ("gpu_check.sh", ["{data}/nowhere", "{out}"], "MNIST/raw not found"),
+    ("gpu_check.sh", ["{data}", "{full}"], "is not empty"),
+    ("gpu_check.sh", ["{data}", "{out}", "--budget", "soon"], "--budget takes a number of seconds"),
+    ("gpu_search.sh", ["sweep", "{data}", "{out}"], "the part is speed, levers, record or cuda_tests"),
+    ("gpu_search.sh", ["record", "{data}/nowhere", "{out}"], "MNIST/raw not found"),
+    ("gpu_search.sh", ["levers", "{data}", "{out}", "--budget", "soon"], "--budget takes a number of seconds"),
+    ("gpu_search.sh", ["levers", "{data}", "{out}", "--recipes", "e40,e1000"],
+     "no recipe e1000; the recipes are: e60_ema e40 ls005"),
+    ("gpu_search.sh", ["levers", "{data}", "{out}", "--recipes"], "--recipes takes names separated by commas"),
+    ("gpu_search.sh", ["record", "{data}", "{out}", "--recipes", "e40"],
+     "--recipes chooses among the levers part's recipes"),
 ])
-def test_bad_arguments_get_one_error_line(tiny_mnist, tmp_path, arguments, message):
+def test_bad_arguments_get_one_error_line(tiny_mnist, tmp_path, script, arguments, message):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "old.txt").write_text("an earlier check")
     paths = {"data": tiny_mnist, "out": tmp_path / "out", "full": tmp_path / "full"}
-    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", *(a.format(**paths) for a in arguments)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
-
-
-@pytest.mark.parametrize("arguments, message", [
-    (["sweep", "{data}", "{out}"], "the part is speed, levers, record or cuda_tests"),
-    (["record", "{data}/nowhere", "{out}"], "MNIST/raw not found"),
-    (["levers", "{data}", "{out}", "--budget", "soon"], "--budget takes a number of seconds"),
-    (["levers", "{data}", "{out}", "--recipes", "e40,e1000"], "no recipe e1000; the recipes are: e60_ema e40 ls005"),
-    (["levers", "{data}", "{out}", "--recipes"], "--recipes takes names separated by commas"),
-    (["record", "{data}", "{out}", "--recipes", "e40"], "--recipes chooses among the levers part's recipes"),
-])
-def test_the_gpu_search_refuses_bad_arguments_with_one_line(tiny_mnist, tmp_path, arguments, message):
-    paths = {"data": tiny_mnist, "out": tmp_path / "out"}
-    result = subprocess.run(["bash", "benchmarks/gpu_search.sh", *(a.format(**paths) for a in arguments)], cwd=ROOT,
+    result = subprocess.run(["bash", f"benchmarks/{script}", *(a.format(**paths) for a in arguments)], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
