@@ -164,23 +164,26 @@ def main(argv=None) -> int:
     if args.image is not None:
         return answer_own_images(model, args)
 
-    accelerator = Accelerator(cpu=place_run(args.cpu, "no").cpu)  # fp32: the numbers train.py's report gives
+    # fp32 whatever the launch config says: the numbers train.py's report gives.
+    placement = place_run(args.cpu, "no")
+    accelerator = Accelerator(cpu=placement.cpu, mixed_precision=placement.mixed_precision)
     if not accelerator.is_main_process:
         logging.getLogger("adder").setLevel(logging.ERROR)  # the data's notes once, not once per process
     try:
         ((images, labels),) = load_mnist_on_every_process(accelerator, args.data_dir, False)
+        test_set = DeviceMNIST(images, labels, accelerator.device)
+        results = evaluate(model.to(accelerator.device), test_set, batch_size=args.batch_size,
+                           rank=accelerator.process_index, world_size=accelerator.num_processes)
+        if accelerator.is_main_process:
+            if args.json:
+                print(json.dumps(report(results) | {"epoch": ckpt["epoch"], "parameters": parameters,
+                                                    "tta": args.tta}))
+            else:
+                print(results_table(results, args.ckpt, ckpt, parameters, args.tta))
     except DataError as err:  # every process stops, one says why
-        accelerator.end_training()
         sys.exit(f"error: {err}" if accelerator.is_main_process else 1)
-    test_set = DeviceMNIST(images, labels, accelerator.device)
-    results = evaluate(model.to(accelerator.device), test_set, batch_size=args.batch_size,
-                       rank=accelerator.process_index, world_size=accelerator.num_processes)
-    if accelerator.is_main_process:
-        if args.json:
-            print(json.dumps(report(results) | {"epoch": ckpt["epoch"], "parameters": parameters, "tta": args.tta}))
-        else:
-            print(results_table(results, args.ckpt, ckpt, parameters, args.tta))
-    accelerator.end_training()  # tears down the process group of a multi-process launch
+    finally:
+        accelerator.end_training()  # tears down the process group of a multi-process launch
     return 0
 
 

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -350,6 +351,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                  f"{'  -> best.pt' if improved else ''}")
         accelerator.log({f"val/{k}": v for k, v in scalars(val).items()} | {"epoch": epoch}, step=global_step)
         safe = still_safe(best["epoch"], saved_epoch=epoch - 1)
+        write_failure = None  # the main process writes alone; a failed write stops every process
         if accelerator.is_main_process:
             # started_at and validated_at (Unix seconds) place the epoch between the run's launch and exit:
             # the time to each accuracy, and the time spent outside the epochs (benchmarks/run_tables.py).
@@ -357,12 +359,16 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                                "train_loss": train_loss, "train_seconds": train_seconds,
                                "started_at": round(started_at, 3), "validated_at": round(time.time(), 3)}
                               | {f"val_{k}": v for k, v in scalars(val).items()})
-            with saving(folder.metrics, safe):
-                atomic_write_text(folder.metrics, "".join(json.dumps(row) + "\n" for row in epoch_rows))
-            if improved:
-                with saving(folder.best, safe):
-                    save_checkpoint(folder.best, eval_model, train_config=config.to_dict(), epoch=epoch,
-                                    val_metrics=scalars(val))
+            try:
+                with saving(folder.metrics, safe):
+                    atomic_write_text(folder.metrics, "".join(json.dumps(row) + "\n" for row in epoch_rows))
+                if improved:
+                    with saving(folder.best, safe):
+                        save_checkpoint(folder.best, eval_model, train_config=config.to_dict(), epoch=epoch,
+                                        val_metrics=scalars(val))
+            except RunFailed as err:
+                write_failure = str(err)
+        stop_all_if_any(accelerator, write_failure)
         if improved:
             best = {"epoch": epoch, "joint_acc": val["joint_acc"]}
         with saving(folder.checkpoints / f"epoch_{epoch:03d}", still_safe(best["epoch"], saved_epoch=epoch - 1)):
@@ -390,14 +396,18 @@ def main(argv=None) -> int:
         project_dir=str(folder.root),
         step_scheduler_with_optimizer=False,  # the schedule counts this process's steps itself
     )
-    try:
-        if accelerator.is_main_process:
+    refusal = None
+    if accelerator.is_main_process:
+        try:
             folder.logs.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        sys.exit(f"error: cannot create {folder.logs} ({err.strerror or err})")
-    accelerator.wait_for_everyone()
+        except OSError as err:
+            refusal = f"cannot create {folder.logs} ({err.strerror or err})"
+    refusal = first_failure(accelerator, refusal)  # every process stops, or none
+    if refusal:
+        accelerator.end_training()
+        sys.exit(f"error: {refusal}" if accelerator.is_main_process else 1)
     log = console_log(folder.logs / "console.log", accelerator.is_main_process)
-    log.info(f"command: {' '.join(sys.argv)}")
+    log.info(f"command: {shlex.join(sys.argv if argv is None else ['train.py', *argv])}")  # argv: from a benchmark
     device = accelerator.device
     log.info(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()}), "
              f"{accelerator.num_processes} process(es), mixed precision: {accelerator.mixed_precision}")
@@ -423,6 +433,8 @@ def main(argv=None) -> int:
         raise
     finally:
         accelerator.end_training()  # closes the trackers and tears down the process group
+        for handler in logging.getLogger("adder").handlers:
+            handler.close()  # console.log's file
     return 0
 
 

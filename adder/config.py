@@ -35,6 +35,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def unit_fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -94,7 +101,7 @@ class TrainConfig:
     batch_size: int = setting(512, "images per step and process", type=positive_int)
     optimizer: str = setting("sgd", "SGD with Nesterov momentum, or AdamW", choices=OPTIMIZERS)
     lr: float | None = setting(None, f"peak learning rate of the one-cycle schedule {per_optimizer('lr')}",
-                               type=non_negative_float)
+                               type=positive_float)
     weight_decay: float | None = setting(None, f"weight decay {per_optimizer('weight_decay')}",
                                          type=non_negative_float)
     sum_weight: float = setting(1.0, "weight of the sum loss against the digit loss", type=non_negative_float)

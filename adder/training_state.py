@@ -31,6 +31,7 @@ from accelerate.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, DynamoBackend
 from safetensors import SafetensorError
 from torch.optim.swa_utils import AveragedModel
 
+from adder.checkpoint import atomic_write_text
 from adder.config import TrainConfig
 
 _STATE_NAME = re.compile(r"^epoch_(\d+)$")
@@ -96,7 +97,7 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
         progress = {"epoch": epoch, "global_step": global_step, "best": best, "processes": accelerator.num_processes,
                     "compiled": is_compiled(accelerator),
                     "settings": {name: getattr(config, name) for name in MUST_MATCH}}
-        (partial / PROGRESS_FILE).write_text(json.dumps(progress))
+        atomic_write_text(partial / PROGRESS_FILE, json.dumps(progress))  # on disk before the rename
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)

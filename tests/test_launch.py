@@ -196,6 +196,21 @@ def test_a_full_disk_ends_the_run_with_one_line_and_a_resumable_state(tiny_mnist
     assert json.loads((tmp_path / "logs" / "test_metrics.json").read_text())["pairs"] == 510
 
 
+
+@needs_dev_full
+def test_a_write_that_fails_on_the_main_process_stops_both_processes_with_one_line(tiny_mnist, tmp_path):
+    # Only the main process writes metrics.jsonl: its failure must stop the other process too, at once and
+    # with the same line, not leave it waiting at the next barrier or killed by the launcher.
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / ".metrics.jsonl.tmp").symlink_to("/dev/full")
+    result = train(tiny_mnist, tmp_path, "--epochs", "2", processes=2, env=NO_GPU, check=False, timeout=120)
+    output = result.stdout + result.stderr  # the launcher's own report of the failed ranks follows
+    assert result.returncode != 0 and 'train.py", line' not in output, output  # the other rank: no traceback
+    error = [line for line in output.splitlines() if line.startswith("error:")]
+    assert error == [f"error: could not write {tmp_path / 'logs' / 'metrics.jsonl'} (No space left on device). "
+                     f"Still safe: nothing yet."], output
+    assert epochs_trained(result.stdout) == [1] and not (tmp_path / "checkpoints").exists()
+
 def two_nodes(tiny_mnist, tmp_path, *flags, second_data_dir=None) -> list[subprocess.CompletedProcess]:
     """Two launches on this machine as two nodes of one process each, each with its own output folder (and,
     with second_data_dir, the second node its own data)."""
