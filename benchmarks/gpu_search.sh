@@ -52,15 +52,13 @@ mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
 cd "$(dirname "$0")/.."
 
 # Accuracy levers, in the order they run: "TIME_LIMIT_S NAME TRAIN.PY FLAGS...". Sixty epochs led the search so
-# far (99.67 % test joint, eager; docs/experiments.md); these average the weights over sixty, try forty epochs,
-# and double the weight decay at the default length, each alone (less label smoothing was measured on a CPU:
-# no better).
+# far (99.67 % test joint, eager; docs/experiments.md); these average the weights over sixty and try forty
+# epochs (less label smoothing and more weight decay were measured on a CPU: no better).
 # The limits: a graph-replayed run keeps the card about 90 % busy, so five at once queue for it; about five
 # times a run's epochs (0.3 s each at batch 512, training and validation), plus 30 s for their start-up.
 recipes=(
     "180 e60_ema --epochs 60 --ema_decay 0.999"
     "120 e40 --epochs 40"
-    "90 wd1e3 --weight_decay 1e-3"
 )
 names=" $(for recipe in "${recipes[@]}"; do read -r _ name _ <<< "$recipe"; printf '%s ' "$name"; done)"
 [[ -z $chosen || $part == levers ]] || { echo "error: --recipes chooses among the levers part's recipes" >&2; exit 2; }
