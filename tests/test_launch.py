@@ -196,7 +196,6 @@ def test_a_full_disk_ends_the_run_with_one_line_and_a_resumable_state(tiny_mnist
     assert json.loads((tmp_path / "logs" / "test_metrics.json").read_text())["pairs"] == 510
 
 
-
 @needs_dev_full
 def test_a_write_that_fails_on_the_main_process_stops_both_processes_with_one_line(tiny_mnist, tmp_path):
     # Only the main process writes metrics.jsonl: its failure must stop the other process too, at once and
@@ -210,6 +209,7 @@ def test_a_write_that_fails_on_the_main_process_stops_both_processes_with_one_li
     assert error == [f"error: could not write {tmp_path / 'logs' / 'metrics.jsonl'} (No space left on device). "
                      f"Still safe: nothing yet."], output
     assert epochs_trained(result.stdout) == [1] and not (tmp_path / "checkpoints").exists()
+
 
 def two_nodes(tiny_mnist, tmp_path, *flags, second_data_dir=None) -> list[subprocess.CompletedProcess]:
     """Two launches on this machine as two nodes of one process each, each with its own output folder (and,
