@@ -116,6 +116,8 @@ class TrainConfig:
                                                 "a CPU bf16 where it is native, else no)", choices=["no", "fp16", "bf16"])
     no_cuda_graph: bool = setting(False, "on a CUDA GPU, launch the training step's kernels one by one instead "
                                          "of replaying them from a CUDA graph (one process, no torch.compile)")
+    no_cudnn_benchmark: bool = setting(False, "on a CUDA GPU, let cuDNN choose its convolution algorithms by "
+                                              "heuristics instead of timing them at each new input shape")
     # bookkeeping
     output_dir: str = setting(".", "where best.pt, checkpoints/ and logs/ go")
     resume_from_checkpoint: str | None = setting(None, "continue a run: 'latest' or a checkpoints/epoch_N folder "

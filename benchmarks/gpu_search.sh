@@ -128,7 +128,7 @@ elif [[ $part == record ]]; then
     cp "$work/default/seeds.json" "$out/seeds.json" 2> /dev/null
     tar -C "$work/default/seed_${record_seeds[0]}" -cf "$out/record.tar" logs best.pt 2> /dev/null
     step 100 python3 benchmarks/throughput.py --device $device --data_dir "$work/data" \
-        --pipelines classic bf16 bf16+graph --json "$out/benchmark_gpu.json" "${epochs[@]}" "${size[@]}"
+        --pipelines classic bf16 bf16+graph+autotune --json "$out/benchmark_gpu.json" "${epochs[@]}" "${size[@]}"
 elif [[ $part == cuda_tests ]]; then
     # -o addopts=: the GPU machine may lack pytest-xdist, which pyproject.toml's options ask for.
     # Seven short trainings and an evaluation, about 16 s each there: 130 s expected.

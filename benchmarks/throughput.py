@@ -7,19 +7,20 @@
 
 Any further flag is train.py's (adder/config.py's TrainConfig); without any, every pipeline uses its defaults.
 
---pipelines (default: classic fp32 bf16 on a CPU; classic bf16 bf16+graph on a GPU), each run in turn in this
+--pipelines (default: classic fp32 bf16 on a CPU; classic bf16 bf16+graph+autotune on a GPU), each run in turn in this
 process on the same device (but one, below):
     classic          torchvision MNIST, per-sample ToTensor + Normalize, a random addend per sample, DataLoader
                      with batch 128 and 4 workers, fp32; a plain training loop
     fp32, bf16       train.py itself (its real loop, via train.main) with its step launched kernel by kernel
                      (--no_cuda_graph): the split held on the device, batch 512, on-device augmentation,
                      channels_last; without autocast, and with bf16 autocast (the shipped accelerate config's)
-    bf16+graph       bf16, the whole step (batch, forward, backward) replayed from one CUDA graph: train.py's
-                     default on a CUDA GPU (adder/step.py); on the CPU the same as bf16
+    bf16+graph       bf16, the whole step (batch, forward, backward) replayed from one CUDA graph
+                     (adder/step.py); on the CPU the same as bf16
     fp32+graph       the same without autocast: a graph replays the step's kernels at no launch cost, which
                      leaves their own time, and autocast's casts are kernels too
     bf16+graph+autotune  bf16+graph with torch.backends.cudnn.benchmark on: cuDNN times its algorithms for each
-                     convolution's shape at the first steps and keeps the fastest (the graph then replays those);
+                     convolution's shape at the first steps and keeps the fastest (the graph then replays those):
+                     train.py's default on a CUDA GPU; every other pipeline runs with --no_cudnn_benchmark;
                      run in a process of its own unless it is the only pipeline, since cuDNN keeps the algorithm
                      it chose for a shape for the life of the process, whatever cudnn.benchmark says later
     bf16+compile     bf16, the model through torch.compile, as `accelerate launch --dynamo_backend inductor`
@@ -112,8 +113,7 @@ def classic_epochs(data_dir: str, model_config: ModelConfig, device: torch.devic
 
 
 def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.device, precision: str,
-                   compile_mode: str | None = None, compile_backend: str = "inductor",
-                   autotune: bool = False) -> tuple[list[float], dict]:
+                   compile_mode: str | None = None, compile_backend: str = "inductor") -> tuple[list[float], dict]:
     """train.py's seconds per training pass, and for a compiled run how often inductor fell back from CUDA
     graphs. With compile_mode, the model goes through
     torch.compile as `accelerate launch --dynamo_backend ... --dynamo_mode ...` asks for it; every other
@@ -124,8 +124,8 @@ def project_epochs(train_flags: list[str], config: TrainConfig, device: torch.de
     notes = {}
     cudnn = torch.backends.cudnn
     with (tempfile.TemporaryDirectory() as out, mock.patch.dict(os.environ, dynamo),
-          cudnn.flags(enabled=cudnn.enabled, benchmark=autotune, deterministic=cudnn.deterministic,
-                      allow_tf32=cudnn.allow_tf32)):  # every cuDNN setting as it was, but the autotuning
+          cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                      allow_tf32=cudnn.allow_tf32)):  # restored after train.py sets cudnn.benchmark
         os.environ.pop("ACCELERATE_DYNAMO_USE_DYNAMIC", None)  # restored on leaving the block
         argv = [*train_flags, "--data_dir", config.data_dir, "--output_dir", out, "--epochs", str(config.epochs),
                 "--report_to", "none", "--mixed_precision", precision] + (["--cpu"] if device.type == "cpu" else [])
@@ -167,9 +167,10 @@ PIPELINES = {
     "classic": ("classic DataLoader, fp32, batch 128", None, None, [], False),
     "fp32": ("project (train.py), fp32, eager step", "no", None, ["--no_cuda_graph"], False),
     "bf16": ("project (train.py), bf16 autocast, eager step", "bf16", None, ["--no_cuda_graph"], False),
-    "bf16+graph": ("project (train.py), bf16, CUDA-graph step (the GPU default)", "bf16", None, [], False),
+    "bf16+graph": ("project (train.py), bf16, CUDA-graph step", "bf16", None, [], False),
     "fp32+graph": ("project (train.py), fp32, CUDA-graph step", "no", None, [], False),
-    "bf16+graph+autotune": ("project (train.py), bf16, CUDA-graph step, cudnn.benchmark", "bf16", None, [], True),
+    "bf16+graph+autotune": ("project (train.py), bf16, CUDA-graph step, cudnn.benchmark (the GPU default)", "bf16",
+                            None, [], True),
     "bf16+compile": ("project (train.py), bf16, torch.compile", "bf16", "default", [], False),
     "fp32+compile": ("project (train.py), fp32, torch.compile", "no", "default", [], False),
     "bf16+cudagraphs": ("project (train.py), bf16, torch.compile reduce-overhead", "bf16", "reduce-overhead", [], False),
@@ -194,7 +195,8 @@ def main() -> int:
     config = parse_config([*train_flags, "--data_dir", args.data_dir, "--epochs", str(args.epochs)])
     device = torch.device(args.device)
     if args.pipelines is None:
-        args.pipelines = ["classic", "bf16", "bf16+graph"] if device.type == "cuda" else ["classic", "fp32", "bf16"]
+        args.pipelines = (["classic", "bf16", "bf16+graph+autotune"] if device.type == "cuda"
+                          else ["classic", "fp32", "bf16"])
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU ({cpu_name()}), {torch.get_num_threads()} threads")
 
@@ -211,8 +213,9 @@ def main() -> int:
             elif autotune and len(args.pipelines) > 1:
                 rows.append(row_in_own_process(pipeline, args, train_flags))
             else:
-                seconds, notes = project_epochs([*train_flags, *flags], config, device, precision, compile_mode,
-                                                args.compile_backend, autotune)
+                heuristics = [] if autotune else ["--no_cudnn_benchmark"]
+                seconds, notes = project_epochs([*train_flags, *flags, *heuristics], config, device, precision,
+                                                compile_mode, args.compile_backend)
                 rows.append(summary(label, seconds, project_images, notes))
         except Exception as err:  # noqa: BLE001 - a benchmark records what failed and measures the rest
             traceback.print_exc()

@@ -75,7 +75,7 @@ def test_resume_refuses_a_changed_setting_with_one_line_naming_it(trained_run, t
 # Settings a resumed run may change: where things are, how the run is launched and reported, none of what it
 # computes. A new TrainConfig field must be put here or in MUST_MATCH.
 MAY_CHANGE = {"data_dir", "output_dir", "resume_from_checkpoint", "keep_states", "log_every", "report_to", "run_name",
-              "no_log_model", "cpu", "mixed_precision", "no_cuda_graph"}
+              "no_log_model", "cpu", "mixed_precision", "no_cuda_graph", "no_cudnn_benchmark"}
 
 
 def test_every_setting_is_either_checked_on_resume_or_free_to_change():
