@@ -293,13 +293,12 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     ema = moving_average(raw_model, config.ema_decay) if config.ema_decay else None  # saved with the state
     eval_model = raw_model if ema is None else ema.module  # evaluation runs per process, outside DDP
 
-    # cuDNN times its algorithms for each convolution shape once and keeps the fastest: a few seconds at the
-    # first batches, then on an H200 0.19 s an epoch instead of 0.27 s (docs/experiments.md, "GPU: the search").
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.no_cudnn_benchmark
     # The step's forward and backward: replayed from a CUDA graph where one can hold it, else eager (adder/step.py).
     eager_because = why_eager(device, world_size, is_compiled(accelerator), config.no_cuda_graph)
     if device.type == "cuda":  # on a CPU the step is always eager: nothing to say
+        # cuDNN times its algorithms for each convolution shape once and keeps the fastest: a few seconds at the
+        # first batches, then on an H200 0.19 s an epoch instead of 0.27 s (docs/experiments.md, "GPU: the search").
+        torch.backends.cudnn.benchmark = not config.no_cudnn_benchmark
         step_kind = f"eager ({eager_because})" if eager_because else "a CUDA graph, captured at the first batch"
         cudnn = "heuristics (--no_cudnn_benchmark)" if config.no_cudnn_benchmark else "timed per shape (cudnn.benchmark)"
         log.info(f"training step: {step_kind}; cuDNN's algorithms: {cudnn}")
