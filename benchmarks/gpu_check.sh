@@ -4,8 +4,8 @@
 # training_logs/ keeps a record run), 1 and 2, and seed 42 again with its step launched eagerly
 # (--no_cuda_graph), each checked by evaluate.py; the throughput benchmark; the CUDA tests; and, if time is
 # left, evaluate.py sharded over two processes on the one GPU against one process, a profile of the training
-# step, and the step eager, replayed from a CUDA graph (the default) and through torch.compile (with and
-# without CUDA graphs).
+# step, and the step eager, replayed from a CUDA graph and through torch.compile (with and without CUDA
+# graphs), these three with cuDNN's heuristics.
 #
 #   bash benchmarks/gpu_check.sh DATA_DIR OUT_DIR [--smoke] [--budget SECONDS]
 #
@@ -15,7 +15,8 @@
 #   gpu.txt             the card, as nvidia-smi names it
 #   cuda_tests.txt      pytest tests/test_cuda.py
 #   benchmark_gpu.json  benchmarks/throughput.py's default on a GPU: the classic DataLoader pipeline against
-#                       train.py's step in bf16, eager and from a CUDA graph, same run, same card
+#                       train.py's step in bf16, eager and from a CUDA graph with cuDNN's autotuning (the
+#                       default), same run, same card
 #   record.tar          the seed-42 run as its folder holds it: logs/ (console.log, metrics.jsonl,
 #                       test_metrics.json, the three figures) and best.pt
 #   seeds.json          per seed: test accuracies, best epoch, wall seconds from launch to exit, steady epoch
