@@ -297,7 +297,8 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     eager_because = why_eager(device, world_size, is_compiled(accelerator), config.no_cuda_graph)
     if device.type == "cuda":  # on a CPU the step is always eager: nothing to say
         # cuDNN times its algorithms for each convolution shape once and keeps the fastest: a few seconds at the
-        # first batches, then on an H200 0.19 s an epoch instead of 0.27 s (docs/experiments.md, "GPU: the search").
+        # first batches, then 0.18 s an epoch on an H200 instead of 0.27 s (docs/experiments.md, "GPU: cuDNN's
+        # autotuning").
         torch.backends.cudnn.benchmark = not config.no_cudnn_benchmark
         step_kind = f"eager ({eager_because})" if eager_because else "a CUDA graph, captured at the first batch"
         cudnn = "heuristics (--no_cudnn_benchmark)" if config.no_cudnn_benchmark else "timed per shape (cudnn.benchmark)"

@@ -37,7 +37,9 @@ def test_bf16_training_on_the_gpu_and_fp32_evaluation_agree(tiny_mnist, tmp_path
              "--mixed_precision", "bf16", "--val_size", "100", "--batch_size", "32", "--report_to", "none",
              *TINY_MODEL])
     report = json.loads((tmp_path / "logs" / "test_metrics.json").read_text())
-    assert "cuda" in (tmp_path / "logs" / "console.log").read_text().splitlines()[1]
+    console = (tmp_path / "logs" / "console.log").read_text()
+    assert "cuda" in console.splitlines()[1]
+    assert "cuDNN's algorithms: timed per shape (cudnn.benchmark)" in console  # the default on a CUDA GPU
     evaluated = json.loads(run_cli(["evaluate.py", "--ckpt", str(tmp_path / "best.pt"), "--data_dir",
                                     str(tiny_mnist), "--json"]).stdout.strip().splitlines()[-1])
     assert evaluated["pairs"] == report["pairs"] == 510
@@ -98,6 +100,7 @@ def test_train_py_with_a_cuda_graph_trains_as_without(tiny_mnist, tmp_path, sett
     logs = {name: (tmp_path / name / "logs" / "console.log").read_text() for name in runs}
     assert "training step: a CUDA graph, captured at the first batch" in logs["graph"]
     assert "training step: eager (--no_cuda_graph)" in logs["eager"]
+    assert all("cuDNN's algorithms: heuristics (--no_cudnn_benchmark)" in log for log in logs.values())
     # The same kernels in the same order: only cuDNN's non-deterministic reductions may tell them apart, and
     # choosing best.pt out of two epochs of a tiny run can magnify that, so the bounds are loose.
     (eager_epoch, eager_test), (graph_epoch, graph_test) = runs["eager"], runs["graph"]

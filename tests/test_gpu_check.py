@@ -51,7 +51,7 @@ def test_the_dry_run_writes_every_output_within_the_limits(smoke):
     assert len(benchmark["rows"]) == 3 and benchmark["device"].startswith("CPU")
     compiled = json.loads((smoke / "benchmark_compile.json").read_text())
     assert [row["pipeline"] for row in compiled["rows"]] == [
-        "project (train.py), bf16 autocast, eager step", "project (train.py), bf16, CUDA-graph step (the GPU default)",
+        "project (train.py), bf16 autocast, eager step", "project (train.py), bf16, CUDA-graph step",
         "project (train.py), bf16, torch.compile", "project (train.py), bf16, torch.compile reduce-overhead"]
     assert all(row["steady_s"] > 0 for row in compiled["rows"]) and len(compiled["ratios"]) == 3
     log = (smoke / "check.log").read_text()

@@ -49,8 +49,8 @@ def test_one_epoch_on_real_mnist_reaches_a_sane_accuracy(real_mnist, tmp_path):
 def test_the_shipped_model_reproduces_its_report(shipped_report):
     # training_logs/ ships the record run: its best.pt, scored again, must give the report the run wrote. The run
     # was trained and scored on a GPU, whose fp32 convolutions round differently (TF32 by default): scored on
-    # this CPU, a pair whose two best answers are within rounding of each other may flip (measured on the record of
-    # 2026-11-28: joint 99,520 against the run's 99,519, consistent 99,994 against 99,992). On the GPU, evaluate.py
+    # this CPU, a pair whose two best answers are within rounding of each other may flip (measured on 2 Intel Xeon
+    # cores, 2026-11-28: joint 99,520 against the run's 99,519, consistent 99,994 against 99,992). On the GPU, evaluate.py
     # reproduced every count of an earlier record's weights (`git show d5e034f:training_logs/test_metrics.json`).
     evaluated = shipped_report
     shipped = json.loads((ROOT / "training_logs" / "test_metrics.json").read_text())
