@@ -301,8 +301,9 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         # autotuning").
         torch.backends.cudnn.benchmark = not config.no_cudnn_benchmark
         step_kind = f"eager ({eager_because})" if eager_because else "a CUDA graph, captured at the first batch"
-        cudnn = "heuristics (--no_cudnn_benchmark)" if config.no_cudnn_benchmark else "timed per shape (cudnn.benchmark)"
-        log.info(f"training step: {step_kind}; cuDNN's algorithms: {cudnn}")
+        algorithms = ("heuristics (--no_cudnn_benchmark)" if config.no_cudnn_benchmark
+                      else "timed per shape (cudnn.benchmark)")
+        log.info(f"training step: {step_kind}; cuDNN's algorithms: {algorithms}")
     forward_backward = ForwardBackward(model, loss_fn, train_set, accelerator.backward, seed=config.seed,
                                        augment=config.augment, cuda_graph=eager_because is None)
 
