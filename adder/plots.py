@@ -75,7 +75,7 @@ def predictions_figure(answers: dict[str, torch.Tensor], test_set: DeviceMNIST, 
         top, left = (k // cols) * (28 + gap) + gap, (k % cols) * (28 + gap) + gap
         ax.text(left + 14, top - 1, f"{digits[i]}+{addends[i]}={sums[i]}\npred {digit_pred[i]}, {sum_pred[i]}",
                 ha="center", va="bottom", fontsize=8, color="red" if wrong[i] else "black")
-    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
     ax.set_title(f"test pairs: image, addend -> target digit+addend=sum / predicted digit, sum "
                  f"({int(wrong.sum())} of {len(test_set)} wrong, shown first in red)", fontsize=9)
@@ -87,7 +87,7 @@ def confusion_figure(digit_confusion: torch.Tensor, sum_confusion: torch.Tensor)
     fig, axes = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [10, 19]})
     for ax, matrix, name in ((axes[0], digit_confusion, "digit"), (axes[1], sum_confusion, "sum")):
         # Log colours: the diagonal holds thousands, the mistakes single digits.
-        ax.imshow(matrix.clamp(min=0.5).log10(), cmap="Blues")
+        ax.imshow(matrix.clamp(min=0.5).log10().numpy(), cmap="Blues")
         n = len(matrix)
         for t in range(n):
             for p in range(n):

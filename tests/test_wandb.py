@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import struct
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,7 +59,7 @@ def logged_name(path: Path) -> str:
     return path.name.split(".")[0].rsplit("_", 2)[0]
 
 
-def read_run(out_dir: Path, stdout: str) -> SimpleNamespace:
+def read_run(out_dir: Path, result: subprocess.CompletedProcess) -> SimpleNamespace:
     (folder,) = (out_dir / "logs" / "wandb").glob("offline-run-*")
     found = records(folder)
     summary, config = {}, {}
@@ -68,7 +69,8 @@ def read_run(out_dir: Path, stdout: str) -> SimpleNamespace:
         elif record.HasField("config"):
             config |= updates(record.config.update)
     return SimpleNamespace(
-        out=out_dir, folder=folder, stdout=stdout, summary=summary, config=config,
+        out=out_dir, folder=folder, stdout=result.stdout, stderr=result.stderr, returncode=result.returncode,
+        summary=summary, config=config,
         steps=[record.history.step.num for record in found if record.HasField("history")],
         exit_codes=[record.exit.exit_code for record in found if record.HasField("exit")],
         artifacts=[record.artifact for record in found if record.HasField("artifact")],
@@ -84,7 +86,7 @@ def train_tracked(tmp_path_factory, data_dir, *extra, processes: int = 1, env: d
     wandb_dirs = {f"WANDB_{name}_DIR": str(root / name.lower()) for name in ("DATA", "CACHE", "CONFIG")}
     result = run_cli(["train.py", "--data_dir", str(data_dir), "--output_dir", str(root / "out"), *TRACKED,
                       "--epochs", "1", *extra], processes=processes, env=wandb_dirs | (env or {}), check=check)
-    return read_run(root / "out", result.stdout)
+    return read_run(root / "out", result)
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +199,9 @@ def test_a_finished_run_exits_0_and_a_run_stopped_by_an_error_1(offline_run, tin
     assert offline_run.exit_codes == [0]
     stopped = train_tracked(tmp_path_factory, tiny_mnist, "--lr", "1e30", check=False)  # a non-finite loss
     assert stopped.exit_codes == [1]
+    # What the user sees: one error line, also in the run's console.log, and no test report of a broken model.
+    assert stopped.returncode != 0 and "Traceback" not in stopped.stderr
+    error = next(line for line in stopped.stderr.splitlines() if line.startswith("error: training loss is"))
+    assert error.split("is ")[1].startswith(("nan", "inf"))
+    assert error in (stopped.out / "logs" / "console.log").read_text()
+    assert not (stopped.out / "logs" / "test_metrics.json").exists()
