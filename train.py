@@ -40,7 +40,7 @@ from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, split_train_val, train_batches
 from adder.ema import moving_average
 from adder.evaluation import evaluate, one_addend_predictions
-from adder.hardware import cpu_name, first_failure, place_run
+from adder.hardware import PlacementError, cpu_name, first_failure, place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
 from adder.model import AdderNet, ShiftAveraged, count_parameters
@@ -322,7 +322,9 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         window_loss, epoch_loss = torch.zeros((), device=device), torch.zeros((), device=device)
         for step, index in enumerate(tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                                           disable=not accelerator.is_local_main_process), start=1):
-            loss = forward_backward(index, epoch)  # the gradients are left in the parameters' .grad
+            # Fresh gradients in the parameters' .grad: zeroed and refilled each step, or overwritten in place
+            # by the CUDA graph's replay (adder/step.py).
+            loss = forward_backward(index, epoch)
             optimizer.step()
             scheduler.step()
             if ema is not None:
@@ -377,6 +379,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         stop_all_if_any(accelerator, write_failure)
         if improved:
             best = {"epoch": epoch, "joint_acc": val["joint_acc"]}
+        # Safe now: best.pt as just written (this epoch's model if it improved), and the previous state.
         with saving(folder.checkpoints / f"epoch_{epoch:03d}", still_safe(best["epoch"], saved_epoch=epoch - 1)):
             save_training_state(accelerator, folder.checkpoints, epoch, global_step, best, config,
                                 keep=config.keep_states, ema=ema)
@@ -394,7 +397,10 @@ def main(argv=None) -> int:
         sys.exit(f"error: {folder.root.resolve()} already holds a run (best.pt or checkpoints/). Continue it with "
                  f"--resume_from_checkpoint latest, or start a new one with --output_dir NEW_DIR.")
 
-    placement = place_run(config.cpu, config.mixed_precision)
+    try:
+        placement = place_run(config.cpu, config.mixed_precision)
+    except PlacementError as err:
+        sys.exit(f"error: {err}")
     accelerator = Accelerator(
         cpu=placement.cpu,
         mixed_precision=placement.mixed_precision,

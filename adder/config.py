@@ -16,8 +16,8 @@ from adder.model import SUM_HEADS, ModelConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 # Peak learning rate and weight decay of each optimiser, the defaults of --lr and --weight_decay. SGD's are
-# common values for small CNNs, not tuned here; AdamW's were the project's defaults before SGD
-# (docs/experiments.md).
+# common values for small CNNs, not tuned here; AdamW's are those of the AdamW runs in docs/experiments.md
+# (section 3).
 OPTIMIZER_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 5e-4}, "adamw": {"lr": 4e-3, "weight_decay": 1e-4}}
 
 
@@ -112,8 +112,9 @@ class TrainConfig:
     seed: int = setting(42, "seeds initialisation, shuffling, addends and augmentation", type=seed_value)
     # hardware
     cpu: bool = setting(False, "train on the CPU even if a GPU is present")
-    mixed_precision: str | None = setting(None, "no, fp16 or bf16 (default: the accelerate config's on a GPU; on "
-                                                "a CPU bf16 where it is native, else no)", choices=["no", "fp16", "bf16"])
+    mixed_precision: str | None = setting(None, "no, fp16 (GPU only) or bf16 (default: the accelerate config's on a "
+                                                "GPU; on a CPU bf16 where it is native, else no)",
+                                          choices=["no", "fp16", "bf16"])
     no_cuda_graph: bool = setting(False, "on a CUDA GPU, launch the training step's kernels one by one instead "
                                          "of replaying them from a CUDA graph (one process, no torch.compile)")
     no_cudnn_benchmark: bool = setting(False, "on a CUDA GPU, let cuDNN choose its convolution algorithms by "

@@ -14,6 +14,7 @@ Generation
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 from pathlib import Path
@@ -59,6 +60,11 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
         if not present:
             raise DataError(f"MNIST is not in {raw} and downloading it failed ({reason}). Without network, "
                             f"copy the four official *-ubyte.gz files there.") from err
+        if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+            # torchvision extracts the archives beside themselves: nothing is damaged, the folder refused a write.
+            raise DataError(f"cannot extract the MNIST archives in {raw} ({err.strerror}: {err.filename}): the "
+                            f"folder must be writable; or copy the four *-ubyte.gz files into a writable "
+                            f"DIR/MNIST/raw/ and pass --data_dir DIR") from err
         raise DataError(f"cannot read MNIST {split} files in {raw} ({reason}): delete the damaged "
                         f"{split}-*-ubyte files there so that they are extracted or downloaded again") from err
     images, labels = mnist.data, mnist.targets
@@ -237,7 +243,8 @@ def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(device)
     global_batches = list(order.split(batch_size * world_size))
     if len(global_batches) > 1 and len(global_batches[-1]) < 2 * world_size:
-        # Too small to give every process at least two images (BatchNorm needs two): merge it.
+        # Too small to give every process at least two images: merged, so that no process takes an empty
+        # step or one whose gradient comes from a single image.
         global_batches[-2:] = [torch.cat(global_batches[-2:])]
     return [batch.tensor_split(world_size)[rank] for batch in global_batches]
 

@@ -66,6 +66,10 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+class PlacementError(ValueError):
+    """A requested setting the chosen device cannot run."""
+
+
 @dataclass
 class Placement:
     """What the run uses: the arguments for Accelerator, and for the CPU its threads and a line to say why."""
@@ -80,9 +84,13 @@ class Placement:
 def choose_placement(force_cpu: bool, mixed_precision: str | None, *, gpu: bool, native_bf16: bool,
                      cores: int, local_processes: int) -> Placement:
     """The GPU if there is one and the CPU was not asked for; on the CPU, bf16 only where it is native and
-    every core shared among this machine's processes. An explicit `mixed_precision` is always obeyed."""
+    every core shared among this machine's processes. An explicit `mixed_precision` is obeyed, or refused
+    (PlacementError) where it cannot be: fp16 on the CPU, where accelerate would train in fp32 instead."""
     if gpu and not force_cpu:
         return Placement(cpu=False, mixed_precision=mixed_precision)
+    if mixed_precision == "fp16":
+        raise PlacementError(f"--mixed_precision fp16 needs a CUDA GPU, and this run is on the CPU "
+                             f"({'--cpu' if force_cpu else 'no usable CUDA GPU'}): use bf16 or no")
     threads = max(1, cores // max(1, local_processes))
     why = "--cpu" if force_cpu else "no usable CUDA GPU"
     explicit = mixed_precision is not None

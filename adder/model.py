@@ -108,8 +108,8 @@ class AdderNet(nn.Module):
             # The entries of p_digit x e_addend lie in [0, 1] and sum to 1: each sum logit is a weighted mean of
             # the weights of the combinations, and each weight's gradient is scaled by its combination's share.
             # Without a gain, confident logits (about 10) need weights of about 10, many steps away at the
-            # learning rates used; the gain brings them within the first epoch. It was set with AdamW and kept
-            # with SGD (docs/experiments.md).
+            # learning rates used; the gain brings them within the first epoch. Chosen in AdamW runs; SGD trains
+            # well with it too (docs/experiments.md).
             combined = OUTER_GAIN * (read.unsqueeze(-1) * addend_one_hot.unsqueeze(-2)).flatten(-2)
         else:
             combined = torch.cat([read, addend_one_hot], dim=-1)

@@ -2,11 +2,12 @@
 
 On a CUDA GPU (one process, no torch.compile; not with --no_cuda_graph), they are captured once in a CUDA
 graph and then replayed: the step's few hundred small kernels start with one call instead of one Python
-dispatch each, which is where a network this small spends its time on a GPU (epochs 2.6-3.9x faster on an
-H200, 2026-11-28: docs/experiments.md). A graph replays fixed memory, so what changes from step to step is
-written into tensors it reads in place: the batch's image indices and the epoch (which keys the addends
-and the augmentation). The optimiser's step stays outside the graph: the one-cycle schedule changes the
-learning rate and momentum every step, and torch.optim.SGD reads them as Python numbers.
+dispatch each, which is where a network this small spends its time on a GPU (epochs 2.6-3.9x faster than
+eager on an H200, both with cuDNN's heuristics, 2026-11-28: docs/experiments.md). A graph replays fixed
+memory, so what changes from step to step is written into tensors it reads in place: the batch's image
+indices and the epoch (which keys the addends and the augmentation). The optimiser's step stays outside
+the graph: the one-cycle schedule changes the learning rate and momentum every step, and torch.optim.SGD
+reads them as Python numbers.
 """
 
 from __future__ import annotations

@@ -68,13 +68,13 @@ def make_mnist_dir(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_mnist(tmp_path_factory) -> Path:
     """600 training and 51 test images (an odd count, so no even split between processes)."""
     return make_mnist_dir(tmp_path_factory.mktemp("tiny_mnist"), n_train=600, n_test=51)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def real_mnist(tmp_path_factory) -> Path:
     """A writable copy of the real MNIST archives (torchvision extracts them beside themselves)."""
     raw = next((d / "MNIST" / "raw" for d in REAL_MNIST_DIRS if (d / "MNIST" / "raw").is_dir()), None)

@@ -1,8 +1,11 @@
+import errno
 import gzip
+import re
 import shutil
 
 import pytest
 import torch
+import torchvision.datasets.utils
 from torchvision.datasets import MNIST
 
 from adder.data import (DataError, DeviceMNIST, counter_hash, eval_batches, load_mnist, random_warp, split_train_val,
@@ -71,6 +74,21 @@ def test_corrupted_archive_is_refused_without_network(tmp_path, real_mnist):
     damaged.write_bytes(gzip.compress(b"not mnist"))  # a valid gzip with the wrong md5
     with pytest.raises(DataError, match=f"{damaged} is damaged"):
         load_mnist(tmp_path, train=False, download=True)  # refused before any download attempt
+
+
+def test_a_folder_that_refuses_the_extraction_is_named_not_called_damaged(tmp_path, real_mnist, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for archive in (real_mnist / "MNIST" / "raw").glob("*.gz"):
+        shutil.copy(archive, raw / archive.name)
+
+    def read_only(from_path, to_path=None, remove_finished=False):  # as a read-only folder answers (root may write)
+        raise PermissionError(errno.EACCES, "Permission denied", str(from_path).removesuffix(".gz"))
+
+    monkeypatch.setattr(torchvision.datasets.utils, "extract_archive", read_only)
+    with pytest.raises(DataError, match=re.escape(f"cannot extract the MNIST archives in {raw} (Permission denied: "
+                                                  f"{raw / 'train-images-idx3-ubyte'}): the folder must be writable")):
+        load_mnist(tmp_path, train=False, download=True)
 
 
 def test_validation_split_is_fixed_and_disjoint():

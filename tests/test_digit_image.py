@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from adder.checkpoint import load_model
 from adder.data import load_mnist, normalize
 from adder.digit_image import DigitImageError, image_files, read_image, to_mnist
-from conftest import ROOT, run_cli
+from conftest import ROOT, needs_dev_full, run_cli
 
 SHIPPED_CKPT = ROOT / "training_logs" / "best.pt"
 
@@ -234,6 +234,17 @@ def test_pictures_with_the_same_name_keep_one_preprocessed_file_each(evaluate_py
     status, _, _ = run_here(evaluate_py, capsys, "--image", str(first), str(second), "--addend", "1",
                             "--save_preprocessed", str(tmp_path / "seen"))
     assert status == 0 and sorted(path.name for path in (tmp_path / "seen").iterdir()) == ["seven.png", "seven_2.png"]
+
+
+@needs_dev_full
+def test_a_preprocessed_picture_that_cannot_be_written_is_one_error_line(evaluate_py, capsys, tmp_path):
+    folder = draw_files(tmp_path / "drawings", ["seven.png"])
+    (tmp_path / "seen").mkdir()
+    (tmp_path / "seen" / "seven.png").symlink_to("/dev/full")  # writing it fails: "No space left on device"
+    status, out, err = run_here(evaluate_py, capsys, "--image", str(folder), "--save_preprocessed",
+                                str(tmp_path / "seen"))
+    assert status == 1 and out == ""
+    assert err.strip() == f"error: cannot write to {tmp_path / 'seen'}: No space left on device"
 
 
 def test_one_addend_for_all_in_a_table_within_80_columns(evaluate_py, capsys, tmp_path):

@@ -16,7 +16,7 @@ from adder.checkpoint import load_model, save_checkpoint
 from adder.config import TrainConfig
 from adder.data import DeviceMNIST
 from adder.evaluation import evaluate
-from adder.hardware import choose_placement, cpu_has_native_bf16
+from adder.hardware import PlacementError, choose_placement, cpu_has_native_bf16
 from adder.model import AdderNet, ModelConfig
 from adder.training_state import EMA_FILE, MUST_MATCH, PROGRESS_FILE, ResumeError, check_settings, resolve_state
 from conftest import ROOT, free_port, needs_dev_full, run_cli
@@ -41,6 +41,15 @@ def test_the_cpu_fallback_chooses_what_is_fast_there(force_cpu, requested, gpu, 
         assert placement.threads == 4 and placement.note.startswith("CPU (")  # every core, shared by 2 processes
     else:
         assert placement.threads is None  # the GPU's processes keep the launcher's setting
+
+
+@pytest.mark.parametrize("force_cpu, gpu", [(True, True), (False, False)])
+def test_fp16_on_the_cpu_is_refused_not_run_in_fp32(force_cpu, gpu):
+    # accelerate has no fp16 autocast on the CPU: the run would train in fp32 while saying fp16.
+    with pytest.raises(PlacementError, match=r"^--mixed_precision fp16 needs a CUDA GPU, and this run is on the CPU"):
+        choose_placement(force_cpu, "fp16", gpu=gpu, native_bf16=True, cores=8, local_processes=1)
+    on_the_gpu = choose_placement(False, "fp16", gpu=True, native_bf16=False, cores=8, local_processes=1)
+    assert on_the_gpu.mixed_precision == "fp16"
 
 
 def test_native_bf16_is_read_from_the_cpu_flags():

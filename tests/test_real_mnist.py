@@ -51,7 +51,7 @@ def test_the_shipped_model_reproduces_its_report(shipped_report):
     # was trained and scored on a GPU, whose fp32 convolutions round differently (TF32 by default): scored on
     # this CPU, a pair whose two best answers are within rounding of each other may flip (measured on 2 Intel Xeon
     # cores, 2026-11-28: joint 99,520 against the run's 99,519, consistent 99,994 against 99,992). On the GPU, evaluate.py
-    # reproduced every count of an earlier record's weights (`git show d5e034f:training_logs/test_metrics.json`).
+    # reproduced every count of the weights of `git show d5e034f:training_logs/test_metrics.json`.
     evaluated = shipped_report
     shipped = json.loads((ROOT / "training_logs" / "test_metrics.json").read_text())
     for name in ("epoch", "parameters", "pairs"):

@@ -239,6 +239,7 @@ def test_bad_flags_are_refused_by_the_parser_with_one_line(capsys, args, message
 
 @pytest.mark.parametrize("args, message", [
     (["--epochs", "0"], "--epochs: must be a positive integer"),
+    (["--mixed_precision", "fp16"], "error: --mixed_precision fp16 needs a CUDA GPU, and this run is on the CPU"),
     (["--resume_from_checkpoint", "latest"], "no saved training state"),
     (["--output_dir", "/dev/null/run"], "cannot create /dev/null/run/logs"),
 ])
