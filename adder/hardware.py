@@ -88,11 +88,11 @@ def choose_placement(force_cpu: bool, mixed_precision: str | None, *, gpu: bool,
     (PlacementError) where it cannot be: fp16 on the CPU, where accelerate would train in fp32 instead."""
     if gpu and not force_cpu:
         return Placement(cpu=False, mixed_precision=mixed_precision)
-    if mixed_precision == "fp16":
-        raise PlacementError(f"--mixed_precision fp16 needs a CUDA GPU, and this run is on the CPU "
-                             f"({'--cpu' if force_cpu else 'no usable CUDA GPU'}): use bf16 or no")
-    threads = max(1, cores // max(1, local_processes))
     why = "--cpu" if force_cpu else "no usable CUDA GPU"
+    if mixed_precision == "fp16":
+        raise PlacementError(f"--mixed_precision fp16 needs a CUDA GPU, and this run is on the CPU ({why}): "
+                             f"use bf16 or no")
+    threads = max(1, cores // max(1, local_processes))
     explicit = mixed_precision is not None
     if not explicit:
         mixed_precision = "bf16" if native_bf16 else "no"
