@@ -89,11 +89,12 @@ def answer_own_images(model, args: argparse.Namespace) -> int:
     if not answered:
         return 1
     if args.save_preprocessed:
-        try:
-            for name, digit in zip(preprocessed_names(answered), digits):
-                Image.fromarray(digit.numpy()).save(Path(args.save_preprocessed) / name)
-        except OSError as err:  # a full disk, say: no answers rather than answers without their pictures
-            sys.exit(f"error: cannot write to {args.save_preprocessed}: {err.strerror or err}")
+        for name, digit in zip(preprocessed_names(answered), digits):
+            target = Path(args.save_preprocessed) / name
+            try:
+                Image.fromarray(digit.numpy()).save(target)
+            except OSError as err:  # a full disk, say: no answers rather than answers without their pictures
+                sys.exit(f"error: cannot write {target}: {err.strerror or err}")
     addends = list(range(10)) if args.addend is None else [args.addend]
     answers = predict_digits(model, torch.stack(digits), addends)
     if args.json:

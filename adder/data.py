@@ -51,6 +51,7 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
             raise DataError(f"{raw / archive} is damaged (md5 mismatch): delete it so that it is downloaded again")
     present = all((raw / archive.removesuffix(".gz")).exists() or (raw / archive).exists()
                   for archive, _ in MNIST.resources)
+    extracting = present and not all((raw / archive.removesuffix(".gz")).exists() for archive, _ in MNIST.resources)
     if not present and not download:
         raise DataError(f"MNIST is not in {raw}: put the four official *-ubyte.gz files there")
     try:
@@ -60,11 +61,14 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
         if not present:
             raise DataError(f"MNIST is not in {raw} and downloading it failed ({reason}). Without network, "
                             f"copy the four official *-ubyte.gz files there.") from err
-        if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+        if extracting and isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS,
+                                                                     errno.ENOSPC):
             # torchvision extracts the archives beside themselves: nothing is damaged, the folder refused a write.
-            raise DataError(f"cannot extract the MNIST archives in {raw} ({err.strerror}: {err.filename}): the "
-                            f"folder must be writable; or copy the four *-ubyte.gz files into a writable "
-                            f"DIR/MNIST/raw/ and pass --data_dir DIR") from err
+            advice = ("the extracted files need 55 MB: free some space, or copy the four *-ubyte.gz files into a "
+                      "DIR/MNIST/raw/ on another disk" if err.errno == errno.ENOSPC else
+                      "the folder must be writable; or copy the four *-ubyte.gz files into a writable DIR/MNIST/raw/")
+            raise DataError(f"cannot extract the MNIST archives in {raw} ({err.strerror}: {err.filename}): {advice} "
+                            f"and pass --data_dir DIR") from err
         raise DataError(f"cannot read MNIST {split} files in {raw} ({reason}): delete the damaged "
                         f"{split}-*-ubyte files there so that they are extracted or downloaded again") from err
     images, labels = mnist.data, mnist.targets

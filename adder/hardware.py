@@ -91,7 +91,7 @@ def choose_placement(force_cpu: bool, mixed_precision: str | None, *, gpu: bool,
     why = "--cpu" if force_cpu else "no usable CUDA GPU"
     if mixed_precision == "fp16":
         raise PlacementError(f"--mixed_precision fp16 needs a CUDA GPU, and this run is on the CPU ({why}): "
-                             f"use bf16 or no")
+                             f"leave --mixed_precision out for the CPU's fast choice, or give no")
     threads = max(1, cores // max(1, local_processes))
     explicit = mixed_precision is not None
     if not explicit:

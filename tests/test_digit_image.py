@@ -244,7 +244,7 @@ def test_a_preprocessed_picture_that_cannot_be_written_is_one_error_line(evaluat
     status, out, err = run_here(evaluate_py, capsys, "--image", str(folder), "--save_preprocessed",
                                 str(tmp_path / "seen"))
     assert status == 1 and out == ""
-    assert err.strip() == f"error: cannot write to {tmp_path / 'seen'}: No space left on device"
+    assert err.strip() == f"error: cannot write {tmp_path / 'seen' / 'seven.png'}: No space left on device"
 
 
 def test_one_addend_for_all_in_a_table_within_80_columns(evaluate_py, capsys, tmp_path):

@@ -154,7 +154,8 @@ def test_a_training_state_that_would_run_code_is_refused_and_runs_nothing(traine
 
 
 def test_resume_refuses_another_number_of_processes(trained_run):
-    # train.py passes accelerator.num_processes; its refusal reaches the user as the changed setting's does (above).
+    # load_training_state passes accelerator.num_processes; the refusal reaches the user as the changed setting's
+    # does (above).
     progress = json.loads((resolve_state("latest", trained_run / "checkpoints") / PROGRESS_FILE).read_text())
     with pytest.raises(ResumeError, match=re.escape("the saved run used the number of processes 1, this command 2")):
         check_settings(progress, TrainConfig(**progress["settings"]), processes=2, compiled=False)
@@ -174,8 +175,8 @@ def test_a_compiled_run_writes_a_plain_best_pt_and_resumes_only_compiled(tiny_mn
     load_model(straight / "best.pt")  # the module's own names, as evaluate.py needs them: no error
     assert json.loads((straight / "logs" / "test_metrics.json").read_text())["pairs"] == 510
 
-    # Resumed from its first epoch's state: uncompiled is refused (train.py passes whether its model is
-    # compiled); compiled ends as the straight run did.
+    # Resumed from its first epoch's state: uncompiled is refused (load_training_state passes whether the
+    # model is compiled); compiled ends as the straight run did.
     progress = json.loads((straight / "checkpoints" / "epoch_001" / PROGRESS_FILE).read_text())
     with pytest.raises(ResumeError, match=re.escape("the saved run compiled the model (--dynamo_backend), this "
                                                     "command does not")):
