@@ -49,9 +49,9 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
         extracted = raw / archive.removesuffix(".gz")
         if not extracted.exists() and (raw / archive).exists() and not check_integrity(str(raw / archive), md5):
             raise DataError(f"{raw / archive} is damaged (md5 mismatch): delete it so that it is downloaded again")
-    present = all((raw / archive.removesuffix(".gz")).exists() or (raw / archive).exists()
-                  for archive, _ in MNIST.resources)
-    extracting = present and not all((raw / archive.removesuffix(".gz")).exists() for archive, _ in MNIST.resources)
+    extracted = [(raw / archive.removesuffix(".gz")).exists() for archive, _ in MNIST.resources]
+    present = all(done or (raw / archive).exists() for done, (archive, _) in zip(extracted, MNIST.resources))
+    extracting = present and not all(extracted)  # torchvision will write the extracted files beside the archives
     if not present and not download:
         raise DataError(f"MNIST is not in {raw}: put the four official *-ubyte.gz files there")
     try:
