@@ -33,6 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from adder.checkpoint import atomic_write_text
 from adder.config import TrainConfig
+from adder.hardware import first_failure
 
 _STATE_NAME = re.compile(r"^epoch_(\d+)$")
 PROGRESS_FILE = "progress.json"
@@ -80,30 +81,41 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
     if accelerator.is_local_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
     accelerator.wait_for_everyone()
+    failure = None
     try:
         accelerator.save_state(str(partial))
         if ema is not None and accelerator.is_main_process:  # the same on every process, like the weights
             torch.save(ema.state_dict(), partial / EMA_FILE)
     except torch.distributed.DistError:  # a peer process gone, not a failed write
         raise
+    except OSError as err:
+        failure = err.strerror or str(err)
     except (RuntimeError, SafetensorError) as err:  # how torch.save and safetensors report a failed write
-        raise OSError(f"{type(err).__name__}: {err}") from err
-    accelerator.wait_for_everyone()  # every process has written its part (each saves its own RNG state)
+        failure = f"{type(err).__name__}: {err}"
+    # Every process has written its part (each saves its own RNG state), or all stop: one that stopped alone
+    # would leave the others waiting for it at the next barrier.
+    if failure := first_failure(accelerator, failure):
+        raise OSError(failure)
     # The main process names the state; so does each other node's first process where the main process's
     # files are not on its disk (no shared filesystem). Decided before anything is renamed.
     names_it = accelerator.is_main_process or (accelerator.is_local_main_process and not has_weights(partial))
     accelerator.wait_for_everyone()
+    failure = None
     if names_it:
         progress = {"epoch": epoch, "global_step": global_step, "best": best, "processes": accelerator.num_processes,
                     "compiled": is_compiled(accelerator),
                     "settings": {name: getattr(config, name) for name in MUST_MATCH}}
-        atomic_write_text(partial / PROGRESS_FILE, json.dumps(progress))  # on disk before the rename
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        for old in saved_states(checkpoints_dir)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
+        try:
+            atomic_write_text(partial / PROGRESS_FILE, json.dumps(progress))  # on disk before the rename
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            for old in saved_states(checkpoints_dir)[:-keep]:
+                shutil.rmtree(old)
+        except OSError as err:
+            failure = err.strerror or str(err)
+    if failure := first_failure(accelerator, failure):
+        raise OSError(failure)
 
 
 def resolve_state(resume_from: str, checkpoints_dir: Path) -> Path:

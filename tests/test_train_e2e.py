@@ -13,7 +13,7 @@ import train as train_script
 from adder import plots
 from adder.config import parse_config
 from adder.training_state import ResumeError, resolve_state
-from conftest import TINY_MODEL, run_cli
+from conftest import TINY_MODEL, needs_dev_full, run_cli
 
 FAST = ["--val_size", "100", "--batch_size", "32", "--log_every", "5", "--report_to", "none", *TINY_MODEL,
         "--ema_decay", "0.9",  # the EMA on, so that resuming with 2 processes covers its state
@@ -181,13 +181,29 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
     assert [row["epoch"] for row in rows] == [1, 2, 3, 4]  # the redone epoch is not logged twice
 
 
+@needs_dev_full
 def test_resume_from_an_explicit_state_folder(two_process_run, tiny_mnist, tmp_path):
     out, _ = two_process_run
     shutil.copytree(out, tmp_path / "run")
-    state = tmp_path / "run" / "checkpoints" / "epoch_002"
-    # --log_every is not part of the saved state: it may change.
-    result = train(tiny_mnist, tmp_path / "run", "--epochs", "3", "--resume_from_checkpoint", str(state),
-                   "--log_every", "3", processes=2)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    state = checkpoints / "epoch_002"
+    resume = ["--epochs", "3", "--resume_from_checkpoint", str(state)]
+    # First the second process cannot save its part of epoch 3's state (its random states): the folder being
+    # written is a link, which the clean-up of a half-written folder leaves, to one where that file is /dev/full.
+    shutil.rmtree(checkpoints / "epoch_003")
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "disk" / "random_states_1.pkl").symlink_to("/dev/full")
+    (checkpoints / "epoch_003.partial").symlink_to(tmp_path / "disk")
+    failed = train(tiny_mnist, tmp_path / "run", *resume, processes=2, check=False, timeout=120)
+    output = failed.stdout + failed.stderr  # the launcher's own report of the failed ranks follows
+    assert failed.returncode != 0 and 'train.py", line' not in output, output  # no traceback, no hang
+    (error,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: could not write {checkpoints / 'epoch_003'} (process 1: ")
+    assert error.endswith(" and the training state of epoch 2."), error
+    # Room again: the same command resumes from the same state. --log_every is not part of the saved state:
+    # it may change.
+    (checkpoints / "epoch_003.partial").unlink()
+    result = train(tiny_mnist, tmp_path / "run", *resume, "--log_every", "3", processes=2)
     assert f"resumed from {state}" in result.stdout and epochs_trained(result.stdout) == [3]
     # The bar the redone epoch must beat is best.pt's, which may be newer than the state it resumes.
     best_epoch = json.loads((out / "logs" / "test_metrics.json").read_text())["epoch"]
