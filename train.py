@@ -285,7 +285,8 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                                                     total_steps=config.epochs * steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # The module itself, without DDP's wrapper or torch.compile's (accelerate launch --dynamo_backend ...):
-    # its state_dict has the names best.pt needs, and evaluation runs it as it is.
+    # its state_dict has the names best.pt needs, and validation runs it as it is, in the run's mixed precision
+    # (its forward keeps accelerate's autocast wrapper).
     raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     # The model that is validated, saved and tested: the weights themselves, or with --ema_decay a moving
     # average of them (and of BatchNorm's statistics) over the last ~1/(1-decay) steps. The average is only
@@ -350,7 +351,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         # stays local; taking rank 0's here makes all processes validate (and a resumed run continue) the same
         # model.
         broadcast(list(eval_model.buffers()), from_process=0)
-        val = evaluate(eval_model, data["val"], rank=rank, world_size=world_size, autocast=accelerator.autocast)
+        val = evaluate(eval_model, data["val"], rank=rank, world_size=world_size)
         improved = val["joint_acc"] > best["joint_acc"]
         epochs_done = epoch - start_epoch + 1
         eta = (time.perf_counter() - run_start) / epochs_done * (config.epochs - epoch)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
@@ -18,16 +16,17 @@ EVAL_LOSS = AdderLoss()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceMNIST, *, batch_size: int = 1000, rank: int = 0, world_size: int = 1,
-             autocast=None) -> dict:
+def evaluate(model: nn.Module, data: DeviceMNIST, *, batch_size: int = 1000, rank: int = 0,
+             world_size: int = 1) -> dict:
     """AdderMetrics over all len(data) * 10 pairs, exact for any number of processes.
 
     Each process scores its own disjoint shard of images; torchmetrics sums the counts across processes
     in compute(). (With a DataLoader prepared by accelerate, gather_for_metrics would drop the padding it
     adds; here nothing is padded, so there is nothing to gather or drop.) `model` must be the unwrapped
     module: the shards may differ by one batch, and a DDP forward would then wait for a peer that has none
-    left. `autocast` is e.g. accelerator.autocast; without it the evaluation runs in fp32. The model is
-    left in the mode it was found in.
+    left. It runs in the model's own precision: the model train.py validates computes in the run's mixed
+    precision (accelerate wraps its forward in autocast, and unwrap_model keeps that wrapper), a model rebuilt
+    from best.pt in fp32. The model is left in the mode it was found in.
     """
     was_training = model.training
     model.eval()
@@ -35,8 +34,7 @@ def evaluate(model: nn.Module, data: DeviceMNIST, *, batch_size: int = 1000, ran
     for index in eval_batches(len(data), batch_size, rank, world_size):
         images, addends, digits = data.eval_batch(index.to(data.device))
         images = images.contiguous(memory_format=torch.channels_last)
-        with (autocast or contextlib.nullcontext)():
-            digit_logits, sum_logits = model(images, addends)  # (B, 10), (B, 10 addends, 19)
+        digit_logits, sum_logits = model(images, addends)  # (B, 10), (B, 10 addends, 19)
         # One row per pair: the digit answer is shared by an image's ten pairs.
         pair_digit_logits = digit_logits.float().repeat_interleave(NUM_ADDENDS, 0)
         pair_digits = digits.repeat_interleave(NUM_ADDENDS)
