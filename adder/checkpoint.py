@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from adder.errors import first_line
 from adder.model import AdderNet, ModelConfig
 
 FORMAT = "mnist-adder"
@@ -73,8 +74,7 @@ def read_checkpoint(path: str | Path) -> dict:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # weights_only accepts only tensors and plain containers: a pickle that would run code ends here.
-        reason = next((line for line in str(err).splitlines() if line.strip()), "unpickling error")
-        raise CheckpointError(f"{path}: refused to load: not a weights-only checkpoint ({reason[:200]})") from err
+        raise CheckpointError(f"{path}: refused to load: not a weights-only checkpoint ({first_line(err)})") from err
     except Exception as err:  # a file that is not a torch checkpoint can fail in any part of the unpickler
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file)") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -93,6 +93,5 @@ def load_model(path: str | Path) -> tuple[AdderNet, dict]:
         model = AdderNet(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model_state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        reason = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the model it describes ({reason})") from err
+        raise CheckpointError(f"{path}: weights do not fit the model it describes ({first_line(err)})") from err
     return model.eval(), ckpt

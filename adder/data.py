@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import check_integrity
 
+from adder.errors import first_line
 from adder.hardware import first_failure
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
     try:
         mnist = MNIST(root=str(data_dir), train=train, download=download)
     except Exception as err:  # torchvision raises RuntimeError, URLError, AssertionError, ValueError...
-        reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        reason = first_line(err)
         if not present:
             raise DataError(f"MNIST is not in {raw} and downloading it failed ({reason}). Without network, "
                             f"copy the four official *-ubyte.gz files there.") from err

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from adder.data import DeviceMNIST
+from adder.errors import first_line
 
 # Eager steps on a side stream before the capture, so that cuDNN and cuBLAS have made their choices and
 # workspaces: a graph cannot capture that set-up.
@@ -108,8 +109,8 @@ class ForwardBackward:
                 with torch.cuda.graph(graph):
                     self.graph_loss = self.forward_backward(self.graph_index, self.graph_epoch)
             except RuntimeError as err:  # the same step ran eagerly just above: the capture itself failed
-                raise CaptureFailed(f"capturing the training step in a CUDA graph failed ({str(err).splitlines()[0]});"
-                                    f" --no_cuda_graph launches its kernels one by one instead") from err
+                raise CaptureFailed(f"capturing the training step in a CUDA graph failed ({first_line(err)}); "
+                                    f"--no_cuda_graph launches its kernels one by one instead") from err
         finally:
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), statistics):

@@ -73,6 +73,7 @@ def test_a_failed_training_state_save_is_an_os_error(tmp_path, failure):
     # turns an OSError into one line naming what is still safe.
     class FailingAccelerator:
         is_main_process = is_local_main_process = True
+        process_index = 0
 
         def wait_for_everyone(self):
             pass
