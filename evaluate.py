@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     if not accelerator.is_main_process:
         logging.getLogger("adder").setLevel(logging.ERROR)  # the data's notes once, not once per process
     try:
-        ((images, labels),) = load_mnist_on_every_process(accelerator, args.data_dir, False)
+        ((images, labels),) = load_mnist_on_every_process(accelerator, args.data_dir, "test")
         test_set = DeviceMNIST(images, labels, accelerator.device)
         results = evaluate(model.to(accelerator.device), test_set, batch_size=args.batch_size,
                            rank=accelerator.process_index, world_size=accelerator.num_processes)

@@ -39,6 +39,7 @@ from adder.checkpoint import CheckpointError, atomic_write_text, load_model, rea
 from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, split_train_val, train_batches
 from adder.ema import moving_average
+from adder.errors import first_line
 from adder.evaluation import evaluate, one_addend_predictions
 from adder.hardware import PlacementError, cpu_name, first_failure, place_run
 from adder.loss import AdderLoss
@@ -140,7 +141,7 @@ def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, Device
     """The train, validation and test splits, each held whole on the training device."""
     try:
         (train_images, train_labels), (test_images, test_labels) = load_mnist_on_every_process(
-            accelerator, config.data_dir, True, False)
+            accelerator, config.data_dir, "train", "test")
         (train_images, train_labels), (val_images, val_labels) = split_train_val(train_images, train_labels,
                                                                                  config.val_size)
     except (DataError, ValueError) as err:
@@ -224,9 +225,7 @@ def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, ema
     except ResumeError as err:
         refusal = str(err)
     except Exception as err:  # a file of the state missing or damaged on this process's disk
-        # The first line: torch's errors go on for several (and advise weights_only=False, wrong here).
-        reason = next((line for line in str(err).splitlines() if line.strip()), "")[:200]
-        refusal = f"cannot load the training state {state_dir} ({type(err).__name__}: {reason})"
+        refusal = f"cannot load the training state {state_dir} ({type(err).__name__}: {first_line(err)})"
     stop_all_if_any(accelerator, refusal)
     best = best_so_far(config, folder, accelerator, progress["best"])
     log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {progress['global_step']}, "

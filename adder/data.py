@@ -88,15 +88,18 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
 
 
 def load_mnist_on_every_process(accelerator, data_dir: str | Path,
-                                *splits: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """load_mnist for each of `splits` (train=True or False) on every process of `accelerator`: the main
+                                *splits: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """load_mnist for each of `splits` ("train" or "test") on every process of `accelerator`: the main
     process first (it downloads and extracts), then each other node's first process (no shared disk needed),
     then the others, which only read. If any process fails, every process raises a DataError with the first
     failing process's message."""
+    if not set(splits) <= {"train", "test"}:
+        raise ValueError(f"MNIST's splits are 'train' and 'test', not {splits}")
     loaded, failure = [], None
     with accelerator.main_process_first(), accelerator.local_main_process_first():
         try:  # caught inside, so that every process still meets the others at both barriers
-            loaded = [load_mnist(data_dir, train, download=accelerator.is_local_main_process) for train in splits]
+            loaded = [load_mnist(data_dir, train=split == "train", download=accelerator.is_local_main_process)
+                      for split in splits]
         except (DataError, OSError) as err:
             failure = str(err)
     failure = first_failure(accelerator, failure)
