@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, DynamoBackend
+from accelerate.utils import SAFE_WEIGHTS_NAME, SCALER_NAME, WEIGHTS_NAME, DynamoBackend
 from safetensors import SafetensorError
 from torch.optim.swa_utils import AveragedModel
 
@@ -39,7 +39,8 @@ _STATE_NAME = re.compile(r"^epoch_(\d+)$")
 PROGRESS_FILE = "progress.json"
 EMA_FILE = "ema.pt"
 # Settings that shape the saved state or the rest of the run: the schedule's length, the model's tensors,
-# the optimiser's state, the data order. The others (logging, output, tracking, precision) may change.
+# the optimiser's state, the data order. The others (logging, output, tracking, precision) may change, except
+# into fp16 from a state saved without it: fp16's loss scaler has no saved state to continue from.
 MUST_MATCH = ("epochs", "batch_size", "widths", "sum_head", "sum_hidden", "optimizer", "lr", "weight_decay",
               "sum_weight", "label_smoothing", "ema_decay", "seed", "val_size", "no_augment", "rotate", "shift",
               "zoom")
@@ -162,6 +163,10 @@ def load_training_state(accelerator: Accelerator, state_dir: Path, config: Train
     saved progress ({'epoch', 'global_step', 'best', ...})."""
     progress = json.loads((state_dir / PROGRESS_FILE).read_text())
     check_settings(progress, config, accelerator.num_processes, compiled=is_compiled(accelerator))
+    if accelerator.scaler is not None and not (state_dir / SCALER_NAME).is_file():
+        raise ResumeError("cannot resume with --mixed_precision fp16: the saved run did not use it, so there is no "
+                          "loss-scaler state to continue from. Resume with the saved run's precision, or start a "
+                          "new run with --output_dir NEW_DIR.")
     accelerator.load_state(str(state_dir))
     if ema is not None:
         ema.load_state_dict(torch.load(state_dir / EMA_FILE, map_location="cpu", weights_only=True))

@@ -8,9 +8,11 @@ import re
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate.utils import DynamoBackend
 
 from adder.checkpoint import load_model, save_checkpoint
 from adder.config import TrainConfig
@@ -18,7 +20,8 @@ from adder.data import DeviceMNIST
 from adder.evaluation import evaluate
 from adder.hardware import PlacementError, choose_placement, cpu_has_native_bf16
 from adder.model import AdderNet, ModelConfig
-from adder.training_state import EMA_FILE, MUST_MATCH, PROGRESS_FILE, ResumeError, check_settings, resolve_state
+from adder.training_state import (EMA_FILE, MUST_MATCH, PROGRESS_FILE, ResumeError, check_settings,
+                                  load_training_state, resolve_state)
 from conftest import ROOT, free_port, needs_dev_full, run_cli
 from test_checkpoint import CreatesFileWhenUnpickled
 from test_train_e2e import FAST, NO_GPU, epochs_trained, train
@@ -159,6 +162,18 @@ def test_resume_refuses_another_number_of_processes(trained_run):
     progress = json.loads((resolve_state("latest", trained_run / "checkpoints") / PROGRESS_FILE).read_text())
     with pytest.raises(ResumeError, match=re.escape("the saved run used the number of processes 1, this command 2")):
         check_settings(progress, TrainConfig(**progress["settings"]), processes=2, compiled=False)
+
+
+def test_a_state_saved_without_fp16_does_not_resume_in_fp16(trained_run):
+    # fp16 (GPU only) scales the loss, and the scaler's state is part of a training state saved in fp16 alone.
+    # An Accelerator in fp16 as load_training_state sees one: it is refused before anything is loaded.
+    in_fp16 = SimpleNamespace(num_processes=1, scaler=object(),
+                              state=SimpleNamespace(dynamo_plugin=SimpleNamespace(backend=DynamoBackend.NO)))
+    state = resolve_state("latest", trained_run / "checkpoints")
+    settings = TrainConfig(**json.loads((state / PROGRESS_FILE).read_text())["settings"])
+    with pytest.raises(ResumeError, match=re.escape("cannot resume with --mixed_precision fp16: the saved run did "
+                                                    "not use it")):
+        load_training_state(in_fp16, state, settings)
 
 
 def test_a_compiled_run_writes_a_plain_best_pt_and_resumes_only_compiled(tiny_mnist, tmp_path):
