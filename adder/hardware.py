@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, get_cpu_distributed_information
 
 
 def gpu_usable() -> bool:
@@ -106,9 +106,11 @@ def choose_placement(force_cpu: bool, mixed_precision: str | None, *, gpu: bool,
 
 
 def place_run(force_cpu: bool, mixed_precision: str | None) -> Placement:
-    """choose_placement() for this machine and this launch; sets the CPU threads when on the CPU."""
+    """choose_placement() for this machine and this launch (its processes on this machine, as torchrun or MPI
+    says); sets the CPU threads when on the CPU."""
+    local_processes = get_cpu_distributed_information().local_world_size
     placement = choose_placement(force_cpu, mixed_precision, gpu=gpu_usable(), native_bf16=cpu_has_native_bf16(),
-                                 cores=cpu_cores(), local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+                                 cores=cpu_cores(), local_processes=local_processes)
     if placement.threads:
         # accelerate's launcher sets OMP_NUM_THREADS=1 for GPU launches, which would leave cores idle here.
         torch.set_num_threads(placement.threads)
