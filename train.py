@@ -225,7 +225,7 @@ def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, ema
     except ResumeError as err:
         refusal = str(err)
     except Exception as err:  # a file of the state missing or damaged on this process's disk
-        refusal = f"cannot load the training state {state_dir} ({type(err).__name__}: {first_line(err)})"
+        refusal = f"cannot load the training state {state_dir} ({first_line(err, with_type=True)})"
     stop_all_if_any(accelerator, refusal)
     best = best_so_far(config, folder, accelerator, progress["best"])
     log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {progress['global_step']}, "

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 
-def first_line(err: BaseException, limit: int = 200) -> str:
+def first_line(err: BaseException, limit: int = 200, *, with_type: bool = False) -> str:
     """The first non-blank line of the exception's message, at most `limit` characters, or its type's name if
-    the message is empty. torch's and torchvision's messages often go on for several lines (and torch.load's
-    advise weights_only=False, wrong for an untrusted file)."""
-    line = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-    return line[:limit]
+    the message is empty; with_type puts the type's name before a message ("OSError: ..."). torch's and
+    torchvision's messages often go on for several lines (and torch.load's advise weights_only=False, wrong
+    for an untrusted file)."""
+    name = type(err).__name__
+    line = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:limit]
+    if not line:
+        return name
+    return f"{name}: {line}" if with_type else line

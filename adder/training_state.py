@@ -33,6 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from adder.checkpoint import atomic_write_text
 from adder.config import TrainConfig
+from adder.errors import first_line
 from adder.hardware import first_failure
 
 _STATE_NAME = re.compile(r"^epoch_(\d+)$")
@@ -92,7 +93,7 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
     except OSError as err:
         failure = err.strerror or str(err)
     except (RuntimeError, SafetensorError) as err:  # how torch.save and safetensors report a failed write
-        failure = f"{type(err).__name__}: {err}"
+        failure = first_line(err, with_type=True)
     # Every process has written its part (each saves its own RNG state), or all stop: one that stopped alone
     # would leave the others waiting for it at the next barrier.
     if failure := first_failure(accelerator, failure):
@@ -111,10 +112,11 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
             if final.exists():
                 shutil.rmtree(final)
             os.replace(partial, final)
-            for old in saved_states(checkpoints_dir)[:-keep]:
-                shutil.rmtree(old)
         except OSError as err:
             failure = err.strerror or str(err)
+        else:  # the new state is complete: an older one that does not go away only takes disk space
+            for old in saved_states(checkpoints_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
     if failure := first_failure(accelerator, failure):
         raise OSError(failure)
 
