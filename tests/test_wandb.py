@@ -20,7 +20,6 @@ import torch
 from wandb.proto import wandb_internal_pb2
 
 from adder.hardware import cpu_has_native_bf16
-
 from conftest import free_port, run_cli
 from test_train_e2e import FAST
 
