@@ -243,7 +243,7 @@ def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerato
     test = evaluate(best_model.to(device), test_set, rank=rank, world_size=world_size)
     log.info(f"test (best.pt from epoch {best_ckpt['epoch']}, {test['pairs']:,} pairs): {format_metrics(test)}")
     # Test-time augmentation, reported beside the plain numbers rather than instead of them (README.md).
-    shifted = evaluate(ShiftAveraged(best_model), test_set, rank=rank, world_size=world_size)
+    shifted = evaluate(ShiftAveraged(best_model).eval(), test_set, rank=rank, world_size=world_size)
     log.info(f"test, averaged over 1-pixel shifts (evaluate.py --tta): {format_metrics(shifted)}")
     if accelerator.is_main_process:
         safe = still_safe(best_ckpt["epoch"], saved_epoch=config.epochs)
@@ -288,8 +288,8 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     # (its forward keeps accelerate's autocast wrapper).
     raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     # The model that is validated, saved and tested: the weights themselves, or with --ema_decay a moving
-    # average of them (and of BatchNorm's statistics) over the last ~1/(1-decay) steps. The average is only
-    # built when asked for: its update waits for the device once a step (see adder/ema.py).
+    # average of them (and of BatchNorm's statistics) over the last ~1/(1-decay) steps, a decay that warms up
+    # (adder/ema.py). The average is only built when asked for: its update waits for the device once a step.
     ema = moving_average(raw_model, config.ema_decay) if config.ema_decay else None  # saved with the state
     eval_model = raw_model if ema is None else ema.module  # evaluation runs per process, outside DDP
 

@@ -19,6 +19,8 @@ from adder.model import AdderNet, ModelConfig
 
 FORMAT = "mnist-adder"
 FORMAT_VERSION = 2
+# What save_checkpoint writes besides the format, and what train.py and evaluate.py read back.
+CONTENTS = ("model_config", "model_state", "train_config", "epoch", "val_metrics")
 
 
 class CheckpointError(RuntimeError):
@@ -83,6 +85,9 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(
             f"{path}: checkpoint format version {ckpt.get('format_version')!r}, this code reads {FORMAT_VERSION}"
         )
+    missing = [key for key in CONTENTS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, without {', '.join(missing)}")
     return ckpt
 
 

@@ -107,8 +107,9 @@ class TrainConfig:
     sum_weight: float = setting(1.0, "weight of the sum loss against the digit loss", type=non_negative_float)
     label_smoothing: float = setting(0.1, "cross-entropy label smoothing in [0, 1); 0 is plain cross-entropy",
                                      type=unit_fraction)
-    ema_decay: float = setting(0.0, "validate and save a moving average of the weights with this decay, e.g. "
-                                    "0.999 (0: off)", type=unit_fraction)
+    ema_decay: float = setting(0.0, "validate and save a moving average of the weights, its decay warming up "
+                                    "as (1+n)/(10+n) after n steps to at most this, e.g. 0.999 (0: off)",
+                               type=unit_fraction)
     seed: int = setting(42, "seeds initialisation, shuffling, addends and augmentation", type=seed_value)
     # hardware
     cpu: bool = setting(False, "train on the CPU even if a GPU is present")
@@ -132,6 +133,8 @@ class TrainConfig:
     def __post_init__(self):
         if not self.zoom < 1:
             raise ValueError(f"--zoom must be below 1, got {self.zoom}")
+        if not self.shift < 0.5:  # half the width moves the digit's centre to the edge: mostly blank images
+            raise ValueError(f"--shift must be below 0.5 (a fraction of the width), got {self.shift}")
         defaults = OPTIMIZER_DEFAULTS[self.optimizer]
         self.lr = defaults["lr"] if self.lr is None else self.lr
         self.weight_decay = defaults["weight_decay"] if self.weight_decay is None else self.weight_decay

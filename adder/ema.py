@@ -19,7 +19,9 @@ def ema_update_with_warmup(decay: float):
 
     decay_n = min(decay, (1 + n) / (10 + n)) after n updates, as in TensorFlow's ExponentialMovingAverage.
     A fixed 0.999 would still hold 12 % of the random initial weights after the 2,160 steps of a default
-    run; the warm-up forgets them within the first few hundred steps and leaves `decay` for long runs.
+    run; the warm-up forgets them within the first few hundred steps. It reaches 0.999 only after 8,990
+    updates: a default run ends at 0.9958 (an average over about its last 240 steps) and a 60-epoch run at
+    0.9986, whatever larger `decay` is given.
     """
 
     @torch.no_grad()

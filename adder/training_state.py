@@ -114,8 +114,12 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
             os.replace(partial, final)
         except OSError as err:
             failure = err.strerror or str(err)
-        else:  # the new state is complete: an older one that does not go away only takes disk space
-            for old in saved_states(checkpoints_dir)[:-keep]:
+        else:  # the new state is complete: the others that go now and do not only take disk space
+            states = saved_states(checkpoints_dir)
+            # Those after this epoch were left by the run this one resumed behind, from an earlier state:
+            # `latest` must not pick them up. Of the rest, the newest `keep` stay.
+            end = states.index(final) + 1
+            for old in states[end:] + states[:end][:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
     if failure := first_failure(accelerator, failure):
         raise OSError(failure)

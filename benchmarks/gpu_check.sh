@@ -70,6 +70,11 @@ if $smoke; then
     size_flags=(--epochs 2 --val_size 100 --batch_size 100 --widths 4,4 8,8 8 --sum_hidden 16)
     profile_flags=(--steps 2)  # an epoch of the tiny data is 5 steps
     compile_backend=eager
+    # A dry run checks the plumbing, not the speed: each step gets four times its GPU budget, so that a slow
+    # CPU cuts none off (tests/test_gpu_check.py gives the whole check a --budget to match).
+    for step in gpu train evaluate benchmark cuda_tests two_processes profile compile; do
+        declare "${step}_budget=$(( ${step}_budget * 4 ))"
+    done
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || exit 1

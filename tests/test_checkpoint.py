@@ -11,7 +11,7 @@ from adder.checkpoint import CheckpointError, load_model, read_checkpoint, save_
 from adder.config import TrainConfig
 from adder.model import AdderNet, ModelConfig
 from adder.training_state import save_training_state
-from conftest import needs_dev_full
+from conftest import CreatesFileWhenUnpickled, needs_dev_full
 
 
 def save_small(path, **config):
@@ -29,14 +29,6 @@ def test_roundtrip_rebuilds_the_model_from_the_file_alone(tmp_path):
     for a, b in zip(model(images, addends), loaded(images, addends)):
         torch.testing.assert_close(a, b)
     assert not list(tmp_path.glob(".*.tmp")), "the temporary file is renamed, not left behind"
-
-
-class CreatesFileWhenUnpickled:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
@@ -112,6 +104,15 @@ def test_other_version(tmp_path):
     torch.save(ckpt | {"format_version": 99}, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="format version 99"):
         read_checkpoint(tmp_path / "future.pt")
+
+
+def test_incomplete_checkpoint(tmp_path):
+    save_small(tmp_path / "best.pt")
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    del ckpt["epoch"]  # evaluate.py reports it: without it, it would fail half-way
+    torch.save(ckpt, tmp_path / "no_epoch.pt")
+    with pytest.raises(CheckpointError, match="incomplete checkpoint, without epoch"):
+        load_model(tmp_path / "no_epoch.pt")
 
 
 def test_other_architecture(tmp_path):

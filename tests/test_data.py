@@ -69,7 +69,7 @@ def test_corrupted_archive_is_refused_without_network(tmp_path, real_mnist):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(real_mnist / "MNIST" / "raw" / name, raw / name)
+        shutil.copyfile(real_mnist / "MNIST" / "raw" / name, raw / name)
     damaged = raw / "t10k-labels-idx1-ubyte.gz"
     damaged.write_bytes(gzip.compress(b"not mnist"))  # a valid gzip with the wrong md5
     with pytest.raises(DataError, match=f"{damaged} is damaged"):
@@ -80,7 +80,7 @@ def test_a_folder_that_refuses_the_extraction_is_named_not_called_damaged(tmp_pa
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for archive in (real_mnist / "MNIST" / "raw").glob("*.gz"):
-        shutil.copy(archive, raw / archive.name)
+        shutil.copyfile(archive, raw / archive.name)
 
     def read_only(from_path, to_path=None, remove_finished=False):  # as a read-only folder answers (root may write)
         raise PermissionError(errno.EACCES, "Permission denied", str(from_path).removesuffix(".gz"))

@@ -22,9 +22,8 @@ from adder.hardware import PlacementError, choose_placement, cpu_has_native_bf16
 from adder.model import AdderNet, ModelConfig
 from adder.training_state import (EMA_FILE, MUST_MATCH, PROGRESS_FILE, ResumeError, check_settings,
                                   load_training_state, resolve_state)
-from conftest import ROOT, free_port, needs_dev_full, run_cli
-from test_checkpoint import CreatesFileWhenUnpickled
-from test_train_e2e import FAST, NO_GPU, epochs_trained, train
+from conftest import (FAST, NO_GPU, ROOT, CreatesFileWhenUnpickled, epochs_trained, free_port, needs_dev_full,
+                      run_cli, train)
 
 
 @pytest.mark.parametrize("force_cpu, requested, gpu, native_bf16, expected, warns", [

@@ -13,27 +13,7 @@ import train as train_script
 from adder import plots
 from adder.config import parse_config
 from adder.training_state import ResumeError, resolve_state
-from conftest import TINY_MODEL, needs_dev_full, run_cli
-
-FAST = ["--val_size", "100", "--batch_size", "32", "--log_every", "5", "--report_to", "none", *TINY_MODEL,
-        "--ema_decay", "0.9",  # the EMA on, so that resuming with 2 processes covers its state
-        # A recipe that learns the tiny task in these runs' few dozen steps: SGD, and label smoothing (which
-        # holds back early confidence), need more.
-        "--optimizer", "adamw", "--lr", "0.03", "--label_smoothing", "0"]
-
-
-# What a machine without a usable GPU looks like, even on one that has a GPU.
-NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
-
-
-def epochs_trained(stdout: str) -> list[int]:
-    """The epochs a run trained, from its console's epoch lines."""
-    return [int(epoch) for epoch in re.findall(r"^epoch +(\d+)/", stdout, re.MULTILINE)]
-
-
-def train(data_dir, out_dir, *extra, processes=1, **kwargs):
-    return run_cli(["train.py", "--data_dir", str(data_dir), "--output_dir", str(out_dir), "--cpu", *FAST, *extra],
-                   processes=processes, **kwargs)
+from conftest import FAST, NO_GPU, epochs_trained, needs_dev_full, run_cli, train
 
 
 def evaluate_json(ckpt, data_dir, *extra, processes=1):
@@ -61,10 +41,10 @@ def test_two_processes_without_a_gpu_share_one_run_and_print_each_line_once(two_
         assert printed.count(line) == 1, line
     assert any(line.startswith("epoch  3/3") for line in logged)
     assert "Traceback" not in result.stderr
-    # How long the process took to get going (imports, Accelerator), from psutil: a plausible number.
+    # How long the process took to get going (imports, Accelerator), from psutil: said once.
     started = [re.fullmatch(r"process started (\d+\.\d)s ago \(.*\)", line) for line in logged]
     seconds = [float(match.group(1)) for match in started if match]
-    assert len(seconds) == 1 and 0 < seconds[0] < 300, logged[:6]
+    assert len(seconds) == 1 and seconds[0] > 0, logged[:6]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +73,10 @@ def test_two_process_training_writes_a_self_describing_best_pt(two_process_run):
     epochs = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert epochs[0]["validated_at"] < epochs[1]["validated_at"] < epochs[2]["validated_at"]  # the time-to-accuracy clock
-    assert ckpt["val_metrics"]["joint_acc"] == max(e["val_joint_acc"] for e in epochs)
+    # best.pt is the first epoch with the best validation accuracy: a later tie does not replace it.
+    best = max(e["val_joint_acc"] for e in epochs)
+    assert ckpt["epoch"] == next(e["epoch"] for e in epochs if e["val_joint_acc"] == best)
+    assert ckpt["val_metrics"]["joint_acc"] == best
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["epoch_002", "epoch_003"]  # keep_states=2
     test = json.loads((out / "logs" / "test_metrics.json").read_text())
     assert test["pairs"] == 510  # 51 test images x 10 addends, none duplicated or dropped by the 2-way split
@@ -118,12 +101,12 @@ def test_shift_averaged_evaluation_is_exact_with_two_processes(two_process_run, 
     out, _ = two_process_run
     plain = evaluations[0]
     one = evaluate_json(out / "best.pt", tiny_mnist, "--tta", processes=1)
-    two = evaluate_json(out / "best.pt", tiny_mnist, "--tta", processes=2)
-    assert one["tta"] and not plain["tta"] and one["pairs"] == two["pairs"] == 510
+    assert one["tta"] and not plain["tta"] and one["pairs"] == 510
+    assert one["loss"] != plain["loss"]  # the shifted copies were read, not just the image
+    # The same counts as the training run's own report, made by its two processes.
+    two = json.loads((out / "logs" / "test_metrics.json").read_text())["tta"]
     for name in ("digit_acc", "sum_acc", "joint_acc", "consistency", "per_sum_acc"):
         assert one[name] == two[name], name
-    assert one["loss"] != plain["loss"]  # the shifted copies were read, not just the image
-    assert one["joint_acc"] == json.loads((out / "logs" / "test_metrics.json").read_text())["tta"]["joint_acc"]
 
 
 def test_evaluate_prints_the_results_table(two_process_run, tiny_mnist):
@@ -153,11 +136,12 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
     train(tiny_mnist, tmp_path / "straight", *args)
 
     killed = tmp_path / "killed"
-    proc = run_cli(["train.py", "--data_dir", str(tiny_mnist), "--output_dir", str(killed), *FAST, *args], popen=True)
+    proc = train(tiny_mnist, killed, *args, popen=True)
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "epoch_001").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)  # mid-way through epoch 2: no clean-up code runs
+    assert (killed / "checkpoints" / "epoch_001").exists(), f"no saved epoch to resume from:\n{proc.stdout.read()}"
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "checkpoints" / "epoch_004").exists()
@@ -201,9 +185,11 @@ def test_resume_from_an_explicit_state_folder(two_process_run, tiny_mnist, tmp_p
     assert error.startswith(f"error: could not write {checkpoints / 'epoch_003'} (process 1: ")
     assert error.endswith(" and the training state of epoch 2."), error
     # Room again: the same command resumes from the same state. --log_every is not part of the saved state:
-    # it may change.
+    # it may change. A state after the one resumed from, of the run left behind, goes once epoch 3 is saved.
     (checkpoints / "epoch_003.partial").unlink()
+    shutil.copytree(state, checkpoints / "epoch_004")
     result = train(tiny_mnist, tmp_path / "run", *resume, "--log_every", "3", processes=2)
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["epoch_002", "epoch_003"]
     assert f"resumed from {state}" in result.stdout and epochs_trained(result.stdout) == [3]
     # The bar the redone epoch must beat is best.pt's, which may be newer than the state it resumes.
     best_epoch = json.loads((out / "logs" / "test_metrics.json").read_text())["epoch"]
@@ -226,6 +212,14 @@ def test_a_new_run_never_overwrites_an_existing_best_pt(two_process_run, tiny_mn
     assert str(stopped.value.code).startswith(f"error: {out.resolve()} already holds a run")
     assert (out / "best.pt").read_bytes() == before
     assert (out / "logs" / "console.log").read_text() == log_before  # the refused run wrote nothing there
+
+
+def test_a_folder_with_only_training_states_is_refused_too(tiny_mnist, tmp_path):
+    (tmp_path / "checkpoints").mkdir()  # a run killed before its first best.pt
+    with pytest.raises(SystemExit) as stopped:
+        train_script.main(["--data_dir", str(tiny_mnist), "--output_dir", str(tmp_path), "--cpu", *FAST])
+    assert str(stopped.value.code).startswith(f"error: {tmp_path.resolve()} already holds a run")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoints"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -251,6 +245,16 @@ def test_bad_flags_are_refused_by_the_parser_with_one_line(capsys, args, message
     usage_and_error = capsys.readouterr().err.strip().splitlines()
     assert usage_and_error[0].startswith("usage: ") and ": error: argument " in usage_and_error[-1]
     assert message in usage_and_error[-1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--zoom", "1"], "--zoom must be below 1"),
+    (["--shift", "0.5"], "--shift must be below 0.5"),  # not pixels: a fraction of the width
+])
+def test_augmentation_that_would_leave_no_digit_is_refused(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -20,8 +20,7 @@ import torch
 from wandb.proto import wandb_internal_pb2
 
 from adder.hardware import cpu_has_native_bf16
-from conftest import free_port, run_cli
-from test_train_e2e import FAST
+from conftest import FAST, NO_GPU, free_port, run_cli
 
 # The tiny runs' flags with tracking on: FAST turns it off.
 TRACKED = FAST[:FAST.index("--report_to")] + FAST[FAST.index("--report_to") + 2:]
@@ -82,11 +81,12 @@ def read_run(out_dir: Path, result: subprocess.CompletedProcess) -> SimpleNamesp
 
 def train_tracked(tmp_path_factory, data_dir, *extra, processes: int = 1, env: dict | None = None,
                   check: bool = True) -> SimpleNamespace:
-    """A 1-epoch tiny run with wandb on; wandb's own folders (staged artifacts, logs, settings) stay beside it."""
+    """A 1-epoch tiny run with wandb on, on the CPU even where a GPU is; wandb's own folders (staged artifacts, logs, settings) stay beside it."""
     root = tmp_path_factory.mktemp("wandb_run")
     wandb_dirs = {f"WANDB_{name}_DIR": str(root / name.lower()) for name in ("DATA", "CACHE", "CONFIG")}
     result = run_cli(["train.py", "--data_dir", str(data_dir), "--output_dir", str(root / "out"), *TRACKED,
-                      "--epochs", "1", *extra], processes=processes, env=wandb_dirs | (env or {}), check=check)
+                      "--epochs", "1", *extra], processes=processes, env=NO_GPU | wandb_dirs | (env or {}),
+                     check=check)
     return read_run(root / "out", result)
 
 
