@@ -100,15 +100,16 @@ def free_port() -> int:
 
 
 def run_cli(args: list[str], processes: int = 1, timeout: int = 300, check: bool = True, env: dict | None = None,
-            popen: bool = False):
-    """Run a script of the project as a user would: python, or `accelerate launch` with 2+ CPU processes."""
+            popen: bool = False, machines: list[str] | None = None):
+    """Run a script of the project as a user would: python, or `accelerate launch` with 2+ CPU processes, on
+    this machine or, given the launcher's `machines` options (--num_machines ...), as one of several nodes."""
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
         # --multi_gpu on a CPU-only machine starts real gloo ranks; --cpu would start only one process.
+        machines = machines or ["--num_machines", "1", "--main_process_port", str(free_port())]
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), *args]
+               "--mixed_precision", "no", "--dynamo_backend", "no", *machines, *args]
     full_env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
                              "PYTHONUNBUFFERED": "1"} | (env or {})
     if popen:

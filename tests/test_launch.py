@@ -3,11 +3,9 @@ other settings, and a disk that fails mid-run."""
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -22,7 +20,7 @@ from adder.hardware import PlacementError, choose_placement, cpu_has_native_bf16
 from adder.model import AdderNet, ModelConfig
 from adder.training_state import (EMA_FILE, MUST_MATCH, PROGRESS_FILE, ResumeError, check_settings,
                                   load_training_state, resolve_state)
-from conftest import (FAST, NO_GPU, ROOT, CreatesFileWhenUnpickled, epochs_trained, free_port, needs_dev_full,
+from conftest import (FAST, NO_GPU, CreatesFileWhenUnpickled, epochs_trained, free_port, needs_dev_full,
                       run_cli, train)
 
 
@@ -244,15 +242,11 @@ def two_nodes(tiny_mnist, tmp_path, *flags, second_data_dir=None) -> list[subpro
     port = free_port()
     nodes = []
     for rank in (0, 1):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
-               "--machine_rank", str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
-               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-               "train.py", "--data_dir", str(second_data_dir if rank and second_data_dir else tiny_mnist),
-               "--output_dir", str(tmp_path / f"node{rank}"), *FAST,
-               "--epochs", "2", *flags]
-        env = os.environ | NO_GPU | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-        nodes.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        machine = ["--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                   "--main_process_port", str(port)]
+        data = second_data_dir if rank and second_data_dir else tiny_mnist
+        nodes.append(run_cli(["train.py", "--data_dir", str(data), "--output_dir", str(tmp_path / f"node{rank}"),
+                              *FAST, "--epochs", "2", *flags], processes=2, machines=machine, env=NO_GPU, popen=True))
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     return [subprocess.CompletedProcess(node.args, node.returncode, output) for node, output in zip(nodes, outputs)]
 

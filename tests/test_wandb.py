@@ -100,7 +100,8 @@ def cluster_run(tiny_mnist, tmp_path_factory):
     """As on a cluster's compute nodes: two processes, logged in (an API key is set) but with no server to
     reach. WANDB_MODE=online is wandb's default, as if it were unset. And --no_log_model."""
     env = {"WANDB_MODE": "online", "WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567",
-           "WANDB_BASE_URL": f"http://127.0.0.1:{free_port()}"}  # a port nothing listens on
+           "WANDB_BASE_URL": f"http://127.0.0.1:{free_port()}",  # a port nothing listens on
+           "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}  # asked directly even where a proxy is set
     return train_tracked(tmp_path_factory, tiny_mnist, "--no_log_model", processes=2, env=env)
 
 
