@@ -39,6 +39,7 @@ def atomic_write(path: str | Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        sync_to_disk(path.parent)  # the new name too
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -46,6 +47,17 @@ def atomic_write(path: str | Path, write) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def sync_to_disk(*paths: Path) -> None:
+    """fsync each path: a file's contents, or a folder's entries (the names in it), so that they survive a
+    machine that stops without flushing its cache (a pre-empted VM)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save_checkpoint(path, model: AdderNet, *, train_config: dict, epoch: int, val_metrics: dict) -> None:

@@ -31,7 +31,7 @@ from accelerate.utils import SAFE_WEIGHTS_NAME, SCALER_NAME, WEIGHTS_NAME, Dynam
 from safetensors import SafetensorError
 from torch.optim.swa_utils import AveragedModel
 
-from adder.checkpoint import atomic_write_text
+from adder.checkpoint import atomic_write_text, sync_to_disk
 from adder.config import TrainConfig
 from adder.errors import first_line
 from adder.hardware import first_failure
@@ -108,10 +108,13 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
                     "compiled": is_compiled(accelerator),
                     "settings": {name: getattr(config, name) for name in MUST_MATCH}}
         try:
+            # accelerate's files (it does not fsync them) on disk before progress.json says they are complete
+            sync_to_disk(*(path for path in partial.rglob("*") if path.is_file()), partial)
             atomic_write_text(partial / PROGRESS_FILE, json.dumps(progress))  # on disk before the rename
             if final.exists():
                 shutil.rmtree(final)
             os.replace(partial, final)
+            sync_to_disk(checkpoints_dir)  # the new name, before older states go
         except OSError as err:
             failure = err.strerror or str(err)
         else:  # the new state is complete: the others that go now and do not only take disk space

@@ -1,12 +1,13 @@
 import pickle
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
-
-from accelerate.utils import SAFE_WEIGHTS_NAME
+from accelerate.utils import SAFE_WEIGHTS_NAME, DynamoBackend
 from safetensors import SafetensorError
 
+from adder import training_state
 from adder.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from adder.config import TrainConfig
 from adder.model import AdderNet, ModelConfig
@@ -75,6 +76,32 @@ def test_a_failed_training_state_save_is_an_os_error(tmp_path, failure):
 
     with pytest.raises(OSError, match=re.escape(str(failure))):
         save_training_state(FailingAccelerator(), tmp_path, 1, 0, {}, TrainConfig(), keep=2)
+
+
+def test_a_training_state_is_on_disk_before_it_is_named(tmp_path, monkeypatch):
+    # accelerate's save_state does not fsync its files: a machine that stops (a pre-empted VM) could otherwise
+    # leave a named state of empty files, and the older states already pruned.
+    synced = []
+    monkeypatch.setattr(training_state, "sync_to_disk", lambda *paths: synced.append(paths))
+
+    class SavingAccelerator:
+        is_main_process = is_local_main_process = True
+        process_index, num_processes = 0, 1
+        state = SimpleNamespace(dynamo_plugin=SimpleNamespace(backend=DynamoBackend.NO))
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, path):
+            (tmp_path / "epoch_001.partial").mkdir()
+            for name in (SAFE_WEIGHTS_NAME, "optimizer.bin"):
+                (tmp_path / "epoch_001.partial" / name).write_bytes(b"saved")
+
+    save_training_state(SavingAccelerator(), tmp_path, 1, 0, {}, TrainConfig(), keep=2)
+    partial = tmp_path / "epoch_001.partial"
+    files, names = synced  # the files and their folder before the rename, then the rename itself
+    assert sorted(files) == [partial, partial / SAFE_WEIGHTS_NAME, partial / "optimizer.bin"]
+    assert names == (tmp_path,) and (tmp_path / "epoch_001" / "progress.json").is_file()
 
 
 def test_truncated_file(tmp_path):
