@@ -5,20 +5,28 @@ import statistics
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, TINY_MODEL
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from run_tables import ACCURACIES, outside_the_epochs, seconds_to, spread  # noqa: E402
 
 
-def test_each_seed_is_tabled_from_its_run_and_summarised(tiny_mnist, tmp_path):
-    out = tmp_path / "seeds"
+@pytest.fixture(scope="module")
+def two_seeds(tiny_mnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("seeds") / "seeds"
     # Two runs at once, as on a GPU: the table keeps the order of --seeds whichever run ends first.
     result = subprocess.run([sys.executable, "benchmarks/seeds.py", "--seeds", "4", "3", "--jobs", "2",
                              "--out", str(out), "--data_dir", str(tiny_mnist), "--", "--epochs", "2",
                              "--val_size", "100", "--batch_size", "100", *TINY_MODEL],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    return out, result
+
+
+def test_each_seed_is_tabled_from_its_run_and_summarised(two_seeds):
+    out, result = two_seeds
     table = json.loads((out / "seeds.json").read_text())
     assert [row["seed"] for row in table["runs"]] == [4, 3] and table["jobs"] == 2
     for row in table["runs"]:
@@ -43,6 +51,20 @@ def test_each_seed_is_tabled_from_its_run_and_summarised(tiny_mnist, tmp_path):
     assert over["test_joint_acc"] == {"mean": statistics.mean(joint), "std": statistics.stdev(joint)}
     assert "over seeds [4, 3]: val joint" in result.stdout and "(2 runs at once)" in result.stdout
     assert over["seconds_to_val_joint_99_5"] == {"mean": None, "std": None, "reached": 0}
+
+
+def test_an_ensemble_of_one_scores_as_its_model_and_every_ensemble_is_tabled(two_seeds, tiny_mnist, tmp_path):
+    out, _ = two_seeds
+    checkpoints = [str(out / f"seed_{seed}" / "best.pt") for seed in (4, 3)]
+    result = subprocess.run([sys.executable, "benchmarks/ensemble.py", *checkpoints, "--data_dir", str(tiny_mnist),
+                             "--out", str(tmp_path / "ensembles.json")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    by_size = json.loads((tmp_path / "ensembles.json").read_text())["test_joint_acc_by_size"]
+    alone = [json.loads((out / f"seed_{seed}" / "logs" / "test_metrics.json").read_text())["joint_acc"]
+             for seed in (4, 3)]
+    assert by_size["1"] == pytest.approx(alone, abs=1e-6)  # each model's own test report (510 pairs)
+    assert len(by_size["2"]) == 1 and 0 <= by_size["2"][0] <= 1
 
 
 def test_time_to_accuracy_counts_from_the_launch_to_the_first_epoch_at_the_milestone():
