@@ -51,13 +51,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def sync_to_disk(*paths: Path) -> None:
     """fsync each path: a file's contents, or a folder's entries (the names in it), so that they survive a
-    machine that stops without flushing its cache (a pre-empted VM)."""
+    machine that stops without flushing its cache (a pre-empted VM). For a folder only where it can be done:
+    some network filesystems refuse, and Windows opens no folder."""
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
+        folder = path.is_dir()
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_RDONLY if folder or os.name == "posix" else os.O_RDWR)  # Windows: write access
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            if not folder:
+                raise
 
 
 def save_checkpoint(path, model: AdderNet, *, train_config: dict, epoch: int, val_metrics: dict) -> None:

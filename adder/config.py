@@ -87,7 +87,8 @@ class TrainConfig:
     val_size: int = setting(5000, "training images held out to choose best.pt", type=positive_int)
     no_augment: bool = setting(False, "train on the images as they are")
     rotate: float = setting(10.0, "augmentation: max rotation, degrees", type=non_negative_float)
-    shift: float = setting(0.1, "augmentation: max shift, fraction of the width", type=non_negative_float)
+    shift: float = setting(0.1, "augmentation: max shift, fraction of the width (below 0.5)",
+                          type=non_negative_float)
     zoom: float = setting(0.1, "augmentation: max zoom in or out, fraction (below 1)", type=non_negative_float)
     # model (defaults: adder.model.ModelConfig)
     widths: list = setting(ModelConfig().widths, "channels of the 3x3 convs at 28x28, 14x14 and 7x7",

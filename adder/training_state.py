@@ -1,7 +1,8 @@
 """Resumable training state: accelerate's save_state, one folder per epoch, made complete before it is named.
 
 Each state is saved into `epoch_NNN.partial/` and renamed to `epoch_NNN/` only once every file is written,
-so a crash during a save leaves no folder that looks complete. Only the newest `keep` states are kept.
+so a crash during a save leaves no folder that looks complete. Only the newest `keep` states are kept, and
+none after the epoch saved last: a run resumed from an earlier state drops those of the run it left.
 Beside accelerate's files, progress.json records where the run stood and the settings it ran with: a
 resumed run must use the same ones, or its schedule, data order or weights would not fit the saved state.
 With --ema_decay, ema.pt holds the moving average. It is not handed to accelerate's
@@ -68,12 +69,17 @@ def is_complete(state: Path) -> bool:
     return (state / PROGRESS_FILE).is_file() and has_weights(state)
 
 
+def state_epoch(state: Path) -> int:
+    """checkpoints/epoch_012 -> 12."""
+    return int(_STATE_NAME.match(state.name).group(1))
+
+
 def saved_states(checkpoints_dir: Path) -> list[Path]:
     """Named (fully written) states, oldest first."""
     if not checkpoints_dir.is_dir():
         return []
     states = [p for p in checkpoints_dir.iterdir() if _STATE_NAME.match(p.name) and (p / PROGRESS_FILE).is_file()]
-    return sorted(states, key=lambda p: int(_STATE_NAME.match(p.name).group(1)))
+    return sorted(states, key=state_epoch)
 
 
 def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: int, global_step: int, best: dict,
@@ -109,7 +115,7 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
                     "settings": {name: getattr(config, name) for name in MUST_MATCH}}
         try:
             # accelerate's files (it does not fsync them) on disk before progress.json says they are complete
-            sync_to_disk(*(path for path in partial.rglob("*") if path.is_file()), partial)
+            sync_to_disk(*partial.rglob("*"))
             atomic_write_text(partial / PROGRESS_FILE, json.dumps(progress))  # on disk before the rename
             if final.exists():
                 shutil.rmtree(final)
@@ -118,11 +124,11 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
         except OSError as err:
             failure = err.strerror or str(err)
         else:  # the new state is complete: the others that go now and do not only take disk space
-            states = saved_states(checkpoints_dir)
-            # Those after this epoch were left by the run this one resumed behind, from an earlier state:
+            # States after this epoch were left by the run this one resumed behind, from an earlier state:
             # `latest` must not pick them up. Of the rest, the newest `keep` stay.
-            end = states.index(final) + 1
-            for old in states[end:] + states[:end][:-keep]:
+            states = saved_states(checkpoints_dir)
+            later = [state for state in states if state_epoch(state) > epoch]
+            for old in later + [state for state in states if state not in later][:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
     if failure := first_failure(accelerator, failure):
         raise OSError(failure)

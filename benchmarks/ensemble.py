@@ -4,8 +4,8 @@ distillation), not a way to run the adder.
 
     python benchmarks/ensemble.py --data_dir data runs/default/seed_*/best.pt [--out ensembles.json]
 
-Each model answers the 10,000 test images with each of the ten addends once (fp32, on the CPU, as evaluate.py
-does); an ensemble averages its members' probabilities of each head, and a pair is right when both of the
+Each model answers the 10,000 test images with each of the ten addends once (fp32, on the CPU, as `evaluate.py
+--cpu` does); an ensemble averages its members' probabilities of each head, and a pair is right when both of the
 ensemble's answers are (the joint accuracy). With one model this is its own evaluate.py number.
 """
 

@@ -29,9 +29,9 @@
 #                       torch.compile, without and with CUDA graphs (mode reduce-overhead), same run, same card
 #   check.log           everything the steps printed, each step stamped with the time; the profile of the
 #                       training step (benchmarks/profile_step.py) is only there
-# The check keeps within --budget seconds (default 480): each step is cut off at its own budget or at the
-# deadline, and a step for which less than half its budget is left is skipped with a note; the others still
-# run. The exit status is 0 when no step failed or timed out.
+# The check keeps within --budget seconds (default 480; with --smoke 1,920): each step is cut off at its own
+# budget or at the deadline, and a step for which less than half its budget is left is skipped with a note;
+# the others still run. The exit status is 0 when no step failed or timed out.
 #
 # --smoke: the same steps and files on the CPU (CUDA hidden), to know the script works before GPU time is
 # spent on it: 2 epochs of a tiny model, seeds 42 and 1, the benchmarks at the same size, torch.compile's
@@ -46,7 +46,7 @@ usage="usage: bash benchmarks/gpu_check.sh DATA_DIR OUT_DIR [--smoke] [--budget 
 (( $# >= 2 )) || { echo "$usage" >&2; exit 2; }
 data=$1 out=$2
 shift 2
-budget=480
+default_budget=480 budget=
 source "$(dirname "$0")/gpu_options.sh" && parse_options "$@"
 mkdir -p "$out" || exit 2
 [[ -z $(ls -A "$out") ]] || { echo "error: $out is not empty: the check writes into a new or empty folder" >&2; exit 2; }
@@ -60,7 +60,6 @@ seeds=(42 1 2)
 gpu_budget=20 train_budget=150 evaluate_budget=45 benchmark_budget=120 cuda_tests_budget=90 two_processes_budget=60
 profile_budget=60 compile_budget=200
 reserve=30
-deadline=$(( budget - reserve ))
 device=cuda size_flags=()  # train.py's settings, for the training runs and the benchmark; none: its defaults
 profile_flags=() compile_backend=inductor
 if $smoke; then
@@ -70,12 +69,15 @@ if $smoke; then
     size_flags=(--epochs 2 --val_size 100 --batch_size 100 --widths 4,4 8,8 8 --sum_hidden 16)
     profile_flags=(--steps 2)  # an epoch of the tiny data is 5 steps
     compile_backend=eager
-    # A dry run checks the plumbing, not the speed: each step gets four times its GPU budget, so that a slow
-    # CPU cuts none off (tests/test_gpu_check.py gives the whole check a --budget to match).
+    # A dry run checks the plumbing, not the speed: each step gets four times its GPU budget, and the whole
+    # check too unless --budget says otherwise, so that a slow CPU cuts none off.
     for step in gpu train evaluate benchmark cuda_tests two_processes profile compile; do
         declare "${step}_budget=$(( ${step}_budget * 4 ))"
     done
+    budget=${budget:-$(( 4 * default_budget ))}
 fi
+budget=${budget:-$default_budget}
+deadline=$(( budget - reserve ))
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || exit 1
 trap 'rm -rf "$work"' EXIT

@@ -99,8 +99,8 @@ def test_a_training_state_is_on_disk_before_it_is_named(tmp_path, monkeypatch):
 
     save_training_state(SavingAccelerator(), tmp_path, 1, 0, {}, TrainConfig(), keep=2)
     partial = tmp_path / "epoch_001.partial"
-    files, names = synced  # the files and their folder before the rename, then the rename itself
-    assert sorted(files) == [partial, partial / SAFE_WEIGHTS_NAME, partial / "optimizer.bin"]
+    files, names = synced  # accelerate's files before progress.json and the rename, then the rename itself
+    assert sorted(files) == [partial / SAFE_WEIGHTS_NAME, partial / "optimizer.bin"]
     assert names == (tmp_path,) and (tmp_path / "epoch_001" / "progress.json").is_file()
 
 

@@ -1,13 +1,14 @@
 """benchmarks/seeds.py: several seeds of the quick-start command, each tabled from its own run folder."""
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, TINY_MODEL
+from conftest import NO_GPU, ROOT, TINY_MODEL
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from run_tables import ACCURACIES, outside_the_epochs, seconds_to, spread  # noqa: E402
@@ -20,7 +21,7 @@ def two_seeds(tiny_mnist, tmp_path_factory):
     result = subprocess.run([sys.executable, "benchmarks/seeds.py", "--seeds", "4", "3", "--jobs", "2",
                              "--out", str(out), "--data_dir", str(tiny_mnist), "--", "--epochs", "2",
                              "--val_size", "100", "--batch_size", "100", *TINY_MODEL],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ | NO_GPU)
     assert result.returncode == 0, result.stdout + result.stderr
     return out, result
 
