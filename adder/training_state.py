@@ -123,7 +123,7 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
             sync_to_disk(checkpoints_dir)  # the new name, before older states go
         except OSError as err:
             failure = err.strerror or str(err)
-        else:  # the new state is complete: the others that go now and do not only take disk space
+        else:  # the new state is complete: an old one that fails to go only takes disk space
             # States after this epoch were left by the run this one resumed behind, from an earlier state:
             # `latest` must not pick them up. Of the rest, the newest `keep` stay.
             states = saved_states(checkpoints_dir)
