@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         sys.exit(f"error: {err}")
     parameters = count_parameters(model)
     if args.tta:
-        model = ShiftAveraged(model).eval()
+        model = ShiftAveraged(model)
 
     if args.image is not None:
         return answer_own_images(model, args)

@@ -243,7 +243,7 @@ def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerato
     test = evaluate(best_model.to(device), test_set, rank=rank, world_size=world_size)
     log.info(f"test (best.pt from epoch {best_ckpt['epoch']}, {test['pairs']:,} pairs): {format_metrics(test)}")
     # Test-time augmentation, reported beside the plain numbers rather than instead of them (README.md).
-    shifted = evaluate(ShiftAveraged(best_model).eval(), test_set, rank=rank, world_size=world_size)
+    shifted = evaluate(ShiftAveraged(best_model), test_set, rank=rank, world_size=world_size)
     log.info(f"test, averaged over 1-pixel shifts (evaluate.py --tta): {format_metrics(shifted)}")
     if accelerator.is_main_process:
         safe = still_safe(best_ckpt["epoch"], saved_epoch=config.epochs)

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from adder.data import DeviceMNIST
+from adder.evaluation import evaluate
 from adder.model import NUM_DIGITS, NUM_SUMS, SUM_HEADS, AdderNet, ModelConfig, ShiftAveraged, count_parameters
 
 
@@ -75,3 +77,11 @@ def test_shift_averaging_feeds_the_heads_the_mean_of_the_shifted_features(sum_he
     assert not torch.allclose(digit_logits, model(images, addends)[0])  # the shifts do matter
     with pytest.raises(ValueError, match="addend must be between 0 and 9"):
         ShiftAveraged(model)(images, addends + 1)
+
+
+def test_evaluating_the_shift_average_leaves_the_model_in_its_mode():
+    # evaluate() puts back the mode it found; a wrapper in training mode would set the wrapped model training.
+    model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]])).eval()
+    data = DeviceMNIST(torch.randint(0, 256, (7, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (7,)))
+    evaluate(ShiftAveraged(model), data)
+    assert not model.training
