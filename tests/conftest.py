@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 from torchvision.datasets import MNIST
 
+from adder.model import AdderNet, ModelConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 # The real MNIST, for the tests that need it: in the folder MNIST_ADDER_DATA names, or in ./data where
 # README.md tells users to put it (each holding MNIST/raw/).
 REAL_MNIST_DIRS = [Path(os.environ["MNIST_ADDER_DATA"])] if "MNIST_ADDER_DATA" in os.environ else [ROOT / "data"]
-TINY_MODEL = ["--widths", "4,4", "8,8", "8", "--sum_hidden", "16"]
+TINY_MODEL = ["--widths", "4,4", "8,8", "8", "--sum_hidden", "16"]  # a network that trains in seconds, as flags
 # A full disk, for one file: a link to Linux's /dev/full, where every write fails with "No space left on
 # device". Where there is none, the link would only create a file in /dev.
 needs_dev_full = pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs /dev/full (Linux)")
@@ -43,6 +45,11 @@ LONGEST_FIRST = ["test_train_e2e.py", "test_launch.py", "test_real_mnist.py", "t
 def pytest_collection_modifyitems(items):
     rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order
+
+
+def tiny_net(**config) -> AdderNet:
+    """TINY_MODEL's network, built in the test's own process."""
+    return AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]], sum_hidden=16, **config))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -10,13 +10,12 @@ from safetensors import SafetensorError
 from adder import training_state
 from adder.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from adder.config import TrainConfig
-from adder.model import AdderNet, ModelConfig
 from adder.training_state import save_training_state
-from conftest import CreatesFileWhenUnpickled, needs_dev_full
+from conftest import CreatesFileWhenUnpickled, needs_dev_full, tiny_net
 
 
 def save_small(path, **config):
-    model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]], **config))
+    model = tiny_net(**config)
     save_checkpoint(path, model, train_config={"sum_weight": 1.0}, epoch=3, val_metrics={"joint_acc": 0.5})
     return model
 

@@ -9,9 +9,8 @@ import torch
 
 from adder.data import DeviceMNIST, load_mnist, random_warp, train_addends, train_batches
 from adder.loss import AdderLoss
-from adder.model import AdderNet, ModelConfig
 from adder.step import ForwardBackward
-from conftest import TINY_MODEL, run_cli
+from conftest import TINY_MODEL, run_cli, tiny_net
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -59,7 +58,7 @@ def deterministic_convolutions():
 
 def test_a_step_replayed_from_a_cuda_graph_trains_as_the_eager_step_does(tiny_mnist, deterministic_convolutions):
     data = DeviceMNIST(*load_mnist(tiny_mnist, train=True, download=False), device="cuda")
-    eager_model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]])).cuda().to(memory_format=torch.channels_last)
+    eager_model = tiny_net().cuda().to(memory_format=torch.channels_last)
     graph_model = copy.deepcopy(eager_model)
     runs = []
     for model, cuda_graph in ((eager_model, False), (graph_model, True)):

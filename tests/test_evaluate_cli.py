@@ -11,16 +11,15 @@ from adder.config import TrainConfig
 from adder import lr_find
 from adder.lr_find import lr_range_test, suggest
 from adder.data import DeviceMNIST, load_mnist
-from adder.model import AdderNet, ModelConfig
 import evaluate
-from conftest import run_cli
+from conftest import run_cli, tiny_net
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     torch.manual_seed(0)
-    model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]]))
+    model = tiny_net()
     save_checkpoint(path, model, train_config={"sum_weight": 1.0, "label_smoothing": 0.0}, epoch=1,
                     val_metrics={"joint_acc": 0.1})
     return path
@@ -65,7 +64,7 @@ def test_missing_data_gets_one_clear_error(ckpt, tmp_path, processes):
 def test_lr_range_test_sweeps_and_suggests(tiny_mnist):
     images, labels = load_mnist(tiny_mnist, train=True, download=False)
     torch.manual_seed(0)
-    lrs, losses = lr_range_test(AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]])), DeviceMNIST(images, labels),
+    lrs, losses = lr_range_test(tiny_net(), DeviceMNIST(images, labels),
                                 TrainConfig(batch_size=64), steps=40, end_lr=100.0)
     assert len(lrs) == len(losses) and lrs[0] == pytest.approx(1e-5)
     lowest = losses.index(min(losses))

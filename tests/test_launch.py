@@ -21,7 +21,7 @@ from adder.model import AdderNet, ModelConfig
 from adder.training_state import (EMA_FILE, MUST_MATCH, PROGRESS_FILE, ResumeError, check_settings,
                                   load_training_state, resolve_state)
 from conftest import (FAST, NO_GPU, CreatesFileWhenUnpickled, epochs_trained, free_port, needs_dev_full,
-                      run_cli, train)
+                      run_cli, tiny_net, train)
 
 
 @pytest.mark.parametrize("force_cpu, requested, gpu, native_bf16, expected, warns", [
@@ -132,7 +132,7 @@ def test_a_state_resumed_away_from_its_best_pt_is_refused(trained_run, tiny_mnis
 
 def test_a_best_pt_of_other_settings_is_not_taken_for_the_runs_own(trained_run, tiny_mnist, tmp_path):
     # Resumed beside another run's best.pt, the run would keep that model as its best and report it as its own.
-    model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]], sum_hidden=16))
+    model = tiny_net()
     defaults = TrainConfig().to_dict()  # 20 epochs: the saved run had 2
     save_checkpoint(tmp_path / "best.pt", model, train_config=defaults, epoch=1, val_metrics={"joint_acc": 0.99})
     state = trained_run / "checkpoints" / "epoch_002"

@@ -4,6 +4,7 @@ import torch
 from adder.data import DeviceMNIST
 from adder.evaluation import evaluate
 from adder.model import NUM_DIGITS, NUM_SUMS, SUM_HEADS, AdderNet, ModelConfig, ShiftAveraged, count_parameters
+from conftest import tiny_net
 
 
 @pytest.mark.parametrize("sum_head", SUM_HEADS)
@@ -81,7 +82,7 @@ def test_shift_averaging_feeds_the_heads_the_mean_of_the_shifted_features(sum_he
 
 def test_evaluating_the_shift_average_leaves_the_model_in_its_mode():
     # evaluate() puts back the mode it found; a wrapper in training mode would set the wrapped model training.
-    model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]])).eval()
+    model = tiny_net().eval()
     data = DeviceMNIST(torch.randint(0, 256, (7, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (7,)))
     evaluate(ShiftAveraged(model), data)
     assert not model.training

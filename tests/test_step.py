@@ -8,8 +8,8 @@ import torch
 
 from adder.data import DeviceMNIST, load_mnist
 from adder.loss import AdderLoss
-from adder.model import AdderNet, ModelConfig
 from adder.step import ForwardBackward, why_eager
+from conftest import tiny_net
 
 
 @pytest.mark.parametrize("device, processes, compiled, no_cuda_graph, reason", [
@@ -28,7 +28,7 @@ def test_the_step_is_a_cuda_graph_with_one_process_on_a_cuda_gpu_without_torch_c
 
 def test_the_eager_step_leaves_the_gradients_of_the_batch_loss(tiny_mnist):
     data = DeviceMNIST(*load_mnist(tiny_mnist, train=True, download=False))
-    model = AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]]))
+    model = tiny_net()
     reference = copy.deepcopy(model)
     loss_fn, index = AdderLoss(label_smoothing=0.1), torch.arange(32)
     augment = {"rotate": 10, "shift": 0.1, "zoom": 0.1}
