@@ -58,10 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def predict_digits(model, digits: torch.Tensor, addends: list[int]) -> list[dict]:
-    """The model's answers for uint8 digits (B, 28, 28), each digit with every addend in `addends`."""
+def predict(model, images: torch.Tensor, addends: list[int]) -> list[dict]:
+    """The model's answers for uint8 images (B, 28, 28), each image with every addend in `addends`."""
     with torch.no_grad():
-        digit_logits, sum_logits = model(normalize(digits), torch.tensor([addends] * len(digits)))
+        digit_logits, sum_logits = model(normalize(images), torch.tensor([addends] * len(images)))
     return [{"digit": int(digit_probs.argmax()), "digit_prob": float(digit_probs.max()),
              "sums": [{"addend": addend, "sum": int(probs.argmax()), "sum_prob": float(probs.max())}
                       for addend, probs in zip(addends, sum_probs)]}
@@ -79,24 +79,24 @@ def answer_own_images(model, args: argparse.Namespace) -> int:
         sys.exit(f"error: {err}")
     except OSError as err:
         sys.exit(f"error: cannot write to {args.save_preprocessed}: {err.strerror}")
-    answered, digits = [], []
+    answered, images = [], []
     for path in paths:
         try:
-            digits.append(read_image(path))
+            images.append(read_image(path))
             answered.append(path)
         except DigitImageError as err:
             print(f"error: {err}", file=sys.stderr)
     if not answered:
         return 1
     if args.save_preprocessed:
-        for name, digit in zip(preprocessed_names(answered), digits):
+        for name, image in zip(preprocessed_names(answered), images):
             target = Path(args.save_preprocessed) / name
             try:
-                Image.fromarray(digit.numpy()).save(target)
+                Image.fromarray(image.numpy()).save(target)
             except OSError as err:  # a full disk, say: no answers rather than answers without their pictures
                 sys.exit(f"error: cannot write {target}: {err.strerror or err}")
     addends = list(range(10)) if args.addend is None else [args.addend]
-    answers = predict_digits(model, torch.stack(digits), addends)
+    answers = predict(model, torch.stack(images), addends)
     if args.json:
         print(json.dumps({"checkpoint": args.ckpt, "tta": args.tta,
                           "images": [{"image": str(path)} | answer for path, answer in zip(answered, answers)]}))

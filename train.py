@@ -320,6 +320,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         epoch_start, started_at = time.perf_counter(), time.time()
         batches = train_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size, device)
         window_loss, epoch_loss = torch.zeros((), device=device), torch.zeros((), device=device)
+        steps_in_window = 0
         for step, index in enumerate(tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                                           disable=not accelerator.is_local_main_process), start=1):
             # Fresh gradients in the parameters' .grad: zeroed and refilled each step, or overwritten in place
@@ -331,13 +332,14 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                 ema.update_parameters(raw_model)
             global_step += 1
             window_loss += loss
+            steps_in_window += 1
             if step % config.log_every == 0 or step == len(batches):
                 # A host sync every log_every steps, the inner loop's only one by default (--ema_decay and fp16's
                 # loss scaling add one a step); all processes see the same value.
-                steps_in_window = (step - 1) % config.log_every + 1
                 mean_loss = accelerator.reduce(window_loss, "mean").item() / steps_in_window
                 epoch_loss += window_loss
                 window_loss.zero_()
+                steps_in_window = 0
                 if not math.isfinite(mean_loss):
                     raise RunFailed(f"training loss is {mean_loss} at epoch {epoch} step {step}; stopping. "
                                     f"best.pt and the saved training states keep the last good model.")
@@ -405,7 +407,6 @@ def main(argv=None) -> int:
         cpu=placement.cpu,
         mixed_precision=placement.mixed_precision,
         log_with="wandb" if config.report_to == "wandb" else None,
-        project_dir=str(folder.root),
         step_scheduler_with_optimizer=False,  # the schedule counts this process's steps itself
     )
     refusal = None

@@ -153,9 +153,9 @@ class TrainConfig:
         return asdict(self)
 
 
-def add_flags(parser: argparse.ArgumentParser, config_class=TrainConfig) -> None:
-    """One --flag per field of `config_class`, with the field's default, help and argparse options."""
-    for f in fields(config_class):
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One --flag per field of TrainConfig, with the field's default, help and argparse options."""
+    for f in fields(TrainConfig):
         options = dict(f.metadata)
         default = f.default if f.default is not MISSING else f.default_factory()
         if isinstance(default, bool):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric, SumMetric
+from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from adder.model import NUM_DIGITS, NUM_SUMS
@@ -38,8 +38,7 @@ class AdderMetrics(nn.Module):
         self.sum_confusion = MulticlassConfusionMatrix(NUM_SUMS, validate_args=False)
         self.joint_correct = exact_sum()  # both heads right on the same pair
         self.consistent = exact_sum()  # predicted sum == predicted digit + addend, right or wrong
-        self.loss = MeanMetric(nan_strategy="disable")  # unweighted: "disable" drops update's weight (1.9.0)
-        self.loss.set_dtype(torch.float64)  # a sum over 100,000 pairs: keep it exact enough to compare runs
+        self.loss_sum = exact_sum()  # float64: a sum over 100,000 pairs, exact enough to compare runs
 
     @torch.no_grad()
     def update(self, digit_logits, sum_logits, addends, digits, sums, losses) -> None:
@@ -49,7 +48,7 @@ class AdderMetrics(nn.Module):
         self.sum_confusion.update(sum_pred, sums)
         self.joint_correct.update(((digit_pred == digits) & (sum_pred == sums)).sum())
         self.consistent.update((sum_pred == digit_pred + addends).sum())
-        self.loss.update(losses)
+        self.loss_sum.update(losses)
 
     def compute(self) -> dict:
         """Exact counts and the fractions made from them, per-sum accuracy as a list, confusion matrices as
@@ -71,7 +70,7 @@ class AdderMetrics(nn.Module):
             "sum_acc": counts["sum_correct"] / pairs,
             "joint_acc": counts["joint_correct"] / pairs,
             "consistency": counts["consistent"] / pairs,
-            "loss": self.loss.compute().item(),
+            "loss": self.loss_sum.compute().item() / pairs,
             # Sums that no pair has (possible only on tiny data) get None rather than a made-up 0 or 1.
             "per_sum_acc": [int(sum_confusion[s, s]) / n if n else None for s, n in enumerate(per_sum_pairs)],
             "digit_confusion": digit_confusion,

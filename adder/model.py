@@ -131,7 +131,8 @@ class ShiftAveraged(nn.Module):
     def __init__(self, model: AdderNet):
         super().__init__()
         self.model = model
-        self.train(model.training)  # in the model's mode: wrapping an evaluated model must not set it training
+        # The model's mode: evaluate() puts back the wrapper's mode when done, and train() passes it down.
+        self.train(model.training)
 
     def forward(self, image: torch.Tensor, addend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.check_inputs(image, addend)

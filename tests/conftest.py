@@ -9,13 +9,15 @@ import socket
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from torchvision.datasets import MNIST
 
-from adder.model import AdderNet, ModelConfig
+from adder.config import parse_config
+from adder.model import AdderNet
 
 ROOT = Path(__file__).resolve().parent.parent
 # The real MNIST, for the tests that need it: in the folder MNIST_ADDER_DATA names, or in ./data where
@@ -48,8 +50,8 @@ def pytest_collection_modifyitems(items):
 
 
 def tiny_net(**config) -> AdderNet:
-    """TINY_MODEL's network, built in the test's own process."""
-    return AdderNet(ModelConfig(widths=[[4, 4], [8, 8], [8]], sum_hidden=16, **config))
+    """TINY_MODEL's network (with `config`'s changes), built in the test's own process."""
+    return AdderNet(replace(parse_config(TINY_MODEL).model_config, **config))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
