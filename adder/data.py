@@ -47,8 +47,8 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
     split = "train" if train else "t10k"
     for archive, md5 in MNIST.resources:
         # torchvision would answer a damaged archive with a download attempt; say what is wrong instead.
-        extracted = raw / archive.removesuffix(".gz")
-        if not extracted.exists() and (raw / archive).exists() and not check_integrity(str(raw / archive), md5):
+        unpacked = raw / archive.removesuffix(".gz")
+        if not unpacked.exists() and (raw / archive).exists() and not check_integrity(str(raw / archive), md5):
             raise DataError(f"{raw / archive} is damaged (md5 mismatch): delete it so that it is downloaded again")
     extracted = [(raw / archive.removesuffix(".gz")).exists() for archive, _ in MNIST.resources]
     present = all(done or (raw / archive).exists() for done, (archive, _) in zip(extracted, MNIST.resources))
@@ -72,19 +72,19 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
                             f"and pass --data_dir DIR") from err
         raise DataError(f"cannot read MNIST {split} files in {raw} ({reason}): delete the damaged "
                         f"{split}-*-ubyte files there so that they are extracted or downloaded again") from err
-    images, labels = mnist.data, mnist.targets
+    images, labels = mnist.data, mnist.targets  # torchvision has checked the types: uint8, and int64 from uint8
     expected = 60_000 if train else 10_000
-    if images.dtype != torch.uint8 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
         raise DataError(
-            f"{raw / f'{split}-images-idx3-ubyte'}: expected uint8 images of 28x28 matching the "
-            f"{len(labels)} labels, got {tuple(images.shape)} {images.dtype}; delete the file to re-extract it."
+            f"{raw / f'{split}-images-idx3-ubyte'}: expected images of 28x28 matching the "
+            f"{len(labels)} labels, got {tuple(images.shape)}; delete the file to re-extract it."
         )
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+    if len(labels) and labels.max() > 9:
         raise DataError(f"{raw / f'{split}-labels-idx1-ubyte'}: labels outside 0..9; delete it to re-extract it.")
     if len(images) != expected:
         # Not an error (tests use small files), but a real user should notice a partial data set.
         log.warning(f"note: MNIST {split} split in {raw} has {len(images)} images (the official one has {expected})")
-    return images, labels.long()
+    return images, labels
 
 
 def load_mnist_on_every_process(accelerator, data_dir: str | Path,
