@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -86,17 +87,26 @@ def save_checkpoint(path, model: AdderNet, *, train_config: dict, epoch: int, va
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint's dict, loaded with weights_only=True (no code from the file runs)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give the best.pt file that train.py wrote (checkpoints/epoch_NNN "
+                              f"are training states, for train.py --resume_from_checkpoint)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    not_readable = f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file)"
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says it all
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # weights_only accepts only tensors and plain containers: a pickle that would run code ends here.
-        raise CheckpointError(f"{path}: refused to load: not a weights-only checkpoint ({first_line(err)})") from err
+        # weights_only accepts only tensors and plain containers: a pickle that would call anything else ends
+        # here. torch's message suggests weights_only=False, which would run the file's code: only the name stays.
+        called = re.search(r"GLOBAL (\S+)", str(err))
+        if called is None:  # not a pickle of objects at all
+            raise CheckpointError(not_readable) from err
+        raise CheckpointError(f"{path}: refused to load: it would call {called.group(1)}, and a checkpoint holds "
+                              f"only weights (nothing from the file ran)") from err
     except Exception as err:  # a file that is not a torch checkpoint can fail in any part of the unpickler
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file)") from err
+        raise CheckpointError(not_readable) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an MNIST Adder checkpoint")
     if ckpt.get("format_version") != FORMAT_VERSION:

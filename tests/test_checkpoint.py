@@ -120,8 +120,13 @@ def test_not_a_checkpoint(tmp_path):
         read_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         read_checkpoint(tmp_path / "missing.pt")
-    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+    with pytest.raises(CheckpointError, match="is a folder: give the best.pt"):
         read_checkpoint(tmp_path)
+    # Text the unpickler reads as an unknown opcode ('#'): torch's error would advise weights_only=False.
+    (tmp_path / "README.md").write_text("# a project")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as refused:
+        read_checkpoint(tmp_path / "README.md")
+    assert "weights_only" not in str(refused.value)
 
 
 def test_other_version(tmp_path):

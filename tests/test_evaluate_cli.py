@@ -12,7 +12,7 @@ from adder import lr_find
 from adder.lr_find import lr_range_test, suggest
 from adder.data import DeviceMNIST, load_mnist
 import evaluate
-from conftest import run_cli, tiny_net
+from conftest import CreatesFileWhenUnpickled, run_cli, tiny_net
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,12 @@ def test_bad_checkpoints_end_evaluate_with_one_error(tmp_path, write, message):
     assert str(exit_.value.code).startswith("error: ") and message in str(exit_.value.code)
 
 
-def test_a_pickle_that_is_not_weights_only_gets_one_clear_error(tmp_path):
-    path = tmp_path / "best.pt"
-    path.write_bytes(b"\x80\x04garbage")
+def test_a_checkpoint_that_would_run_code_gets_one_clear_error(tmp_path):
+    path, marker = tmp_path / "best.pt", tmp_path / "pwned"
+    torch.save({"model_state": CreatesFileWhenUnpickled(str(marker))}, path)
     result = run_cli(["evaluate.py", "--ckpt", str(path)], check=False)
-    assert result.returncode != 0 and "refused to load" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode != 0 and "refused to load: it would call" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "weights_only" not in result.stderr and not marker.exists()
     assert result.stderr.strip().splitlines() == [line for line in result.stderr.strip().splitlines()
                                                   if line.startswith("error: ")]
 
