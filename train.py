@@ -7,13 +7,13 @@ Whatever `accelerate config` set up (several GPUs, several nodes), or accelerate
 No GPU: the same commands train on the CPU (bf16 only where the CPU has it natively); or, with the MNIST
 archives in a writable DIR/MNIST/raw/:
     python train.py --data_dir DIR
-Continue a run that stopped (crash, kill, pre-emption) from its last saved epoch, with the same settings:
-    accelerate launch train.py --resume_from_checkpoint latest
+Continue a run that stopped (crash, kill, pre-emption) from its last saved epoch, launched as it was:
+    accelerate launch --config_file accelerate_config.yaml train.py --resume_from_checkpoint latest
 
 A run writes into --output_dir (default: the current directory):
-    best.pt              the model with the best validation joint accuracy so far (python evaluate.py --ckpt best.pt)
-    checkpoints/epoch_N  the full training state of the last --keep_states epochs
-    logs/                console.log, metrics.jsonl, test_metrics.json, the figures, the wandb run folder
+    best.pt                the model with the best validation joint accuracy so far (evaluate.py --ckpt best.pt)
+    checkpoints/epoch_NNN  the full training state of the last --keep_states epochs
+    logs/                  console.log, metrics.jsonl, test_metrics.json, the figures, the wandb run folder
 """
 
 from __future__ import annotations

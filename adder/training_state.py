@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import SAFE_WEIGHTS_NAME, SCALER_NAME, WEIGHTS_NAME, DynamoBackend
+from accelerate.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, DynamoBackend
 from safetensors import SafetensorError
 from torch.optim.swa_utils import AveragedModel
 
@@ -111,7 +111,7 @@ def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: 
     failure = None
     if names_it:
         progress = {"epoch": epoch, "global_step": global_step, "best": best, "processes": accelerator.num_processes,
-                    "compiled": is_compiled(accelerator),
+                    "mixed_precision": accelerator.mixed_precision, "compiled": is_compiled(accelerator),
                     "settings": {name: getattr(config, name) for name in MUST_MATCH}}
         try:
             # accelerate's files (it does not fsync them) on disk before progress.json says they are complete
@@ -154,12 +154,16 @@ def changed_settings(saved: dict, config: TrainConfig) -> list[str]:
     return [name for name in MUST_MATCH if saved.get(name) != getattr(config, name)]
 
 
-def check_settings(progress: dict, config: TrainConfig, processes: int, *, compiled: bool) -> None:
+def check_settings(progress: dict, config: TrainConfig, processes: int, *, precision: str, compiled: bool) -> None:
     """Refuse to resume with a setting that differs from the saved run's, naming the first one that does."""
     saved = progress.get("settings", {})
     changed = [(f"--{name}", saved.get(name), getattr(config, name)) for name in changed_settings(saved, config)]
     if progress.get("processes") != processes:
         changed.append(("the number of processes", progress.get("processes"), processes))
+    # The precision as the run resolved it (flag, accelerate config or the CPU's choice): another one would end
+    # differently from the run that was stopped, and fp16 alone saves a loss-scaler state.
+    if progress.get("mixed_precision", precision) != precision:
+        changed.append(("--mixed_precision", progress["mixed_precision"], precision))
     if changed:
         flag, then, now = changed[0]
         raise ResumeError(f"cannot resume: the saved run used {flag} {then}, this command {now}. "
@@ -177,11 +181,8 @@ def load_training_state(accelerator: Accelerator, state_dir: Path, config: Train
     """Check the settings, then restore model, optimizer, scheduler, RNGs and the moving average; returns the
     saved progress ({'epoch', 'global_step', 'best', ...})."""
     progress = json.loads((state_dir / PROGRESS_FILE).read_text())
-    check_settings(progress, config, accelerator.num_processes, compiled=is_compiled(accelerator))
-    if accelerator.scaler is not None and not (state_dir / SCALER_NAME).is_file():
-        raise ResumeError("cannot resume with --mixed_precision fp16: the saved run did not use it, so there is no "
-                          "loss-scaler state to continue from. Resume with the saved run's precision, or start a "
-                          "new run with --output_dir NEW_DIR.")
+    check_settings(progress, config, accelerator.num_processes, precision=accelerator.mixed_precision,
+                   compiled=is_compiled(accelerator))
     accelerator.load_state(str(state_dir))
     if ema is not None:
         ema.load_state_dict(torch.load(state_dir / EMA_FILE, map_location="cpu", weights_only=True))

@@ -108,18 +108,19 @@ def test_every_setting_that_shapes_the_state_must_match(trained_run, name):
     state = resolve_state("latest", trained_run / "checkpoints")
     progress = json.loads((state / PROGRESS_FILE).read_text())
     saved = TrainConfig(**progress["settings"])
-    check_settings(progress, saved, processes=1, compiled=False)  # the same settings resume
-    check_settings(progress, dataclasses.replace(saved, log_every=1, keep_states=5, report_to="none"), 1,
-                   compiled=False)
+    same = {"processes": 1, "precision": progress["mixed_precision"], "compiled": False}
+    check_settings(progress, saved, **same)  # the same settings resume
+    check_settings(progress, dataclasses.replace(saved, log_every=1, keep_states=5, report_to="none"), **same)
     old, new = getattr(saved, name), another(name, getattr(saved, name))
     with pytest.raises(ResumeError, match=re.escape(f"the saved run used --{name} {old}, this command {new}.")):
-        check_settings(progress, dataclasses.replace(saved, **{name: new}), processes=1, compiled=False)
+        check_settings(progress, dataclasses.replace(saved, **{name: new}), **same)
 
 
 def test_an_uncompiled_state_does_not_resume_compiled(trained_run):
     progress = json.loads((resolve_state("latest", trained_run / "checkpoints") / PROGRESS_FILE).read_text())
     with pytest.raises(ResumeError, match=re.escape("the saved run did not compile the model, this command does")):
-        check_settings(progress, TrainConfig(**progress["settings"]), processes=1, compiled=True)
+        check_settings(progress, TrainConfig(**progress["settings"]), processes=1,
+                       precision=progress["mixed_precision"], compiled=True)
 
 
 def test_a_state_resumed_away_from_its_best_pt_is_refused(trained_run, tiny_mnist, tmp_path):
@@ -158,19 +159,20 @@ def test_resume_refuses_another_number_of_processes(trained_run):
     # does (above).
     progress = json.loads((resolve_state("latest", trained_run / "checkpoints") / PROGRESS_FILE).read_text())
     with pytest.raises(ResumeError, match=re.escape("the saved run used the number of processes 1, this command 2")):
-        check_settings(progress, TrainConfig(**progress["settings"]), processes=2, compiled=False)
+        check_settings(progress, TrainConfig(**progress["settings"]), processes=2,
+                       precision=progress["mixed_precision"], compiled=False)
 
 
-def test_a_state_saved_without_fp16_does_not_resume_in_fp16(trained_run):
-    # fp16 (GPU only) scales the loss, and the scaler's state is part of a training state saved in fp16 alone.
-    # An Accelerator in fp16 as load_training_state sees one: it is refused before anything is loaded.
-    in_fp16 = SimpleNamespace(num_processes=1, scaler=object(),
+def test_a_state_resumes_only_in_the_precision_it_was_saved_in(trained_run):
+    # An Accelerator in fp16 (a GPU's), as load_training_state sees one: refused before anything is loaded,
+    # whatever precision the CPU chose for the saved run.
+    in_fp16 = SimpleNamespace(num_processes=1, mixed_precision="fp16",
                               state=SimpleNamespace(dynamo_plugin=SimpleNamespace(backend=DynamoBackend.NO)))
     state = resolve_state("latest", trained_run / "checkpoints")
-    settings = TrainConfig(**json.loads((state / PROGRESS_FILE).read_text())["settings"])
-    with pytest.raises(ResumeError, match=re.escape("cannot resume with --mixed_precision fp16: the saved run did "
-                                                    "not use it")):
-        load_training_state(in_fp16, state, settings)
+    progress = json.loads((state / PROGRESS_FILE).read_text())
+    with pytest.raises(ResumeError, match=re.escape(f"the saved run used --mixed_precision "
+                                                    f"{progress['mixed_precision']}, this command fp16")):
+        load_training_state(in_fp16, state, TrainConfig(**progress["settings"]))
 
 
 def test_a_compiled_run_writes_a_plain_best_pt_and_resumes_only_compiled(tiny_mnist, tmp_path):
@@ -192,7 +194,8 @@ def test_a_compiled_run_writes_a_plain_best_pt_and_resumes_only_compiled(tiny_mn
     progress = json.loads((straight / "checkpoints" / "epoch_001" / PROGRESS_FILE).read_text())
     with pytest.raises(ResumeError, match=re.escape("the saved run compiled the model (--dynamo_backend), this "
                                                     "command does not")):
-        check_settings(progress, TrainConfig(**progress["settings"]), processes=1, compiled=False)
+        check_settings(progress, TrainConfig(**progress["settings"]), processes=1,
+                       precision=progress["mixed_precision"], compiled=False)
     resumed = tmp_path / "resumed"
     shutil.copytree(straight, resumed)
     shutil.rmtree(resumed / "checkpoints" / "epoch_002")
