@@ -50,7 +50,7 @@ from adder.plots import read_metrics, run_figures, save_figures
 from adder.step import CaptureFailed, ForwardBackward, why_eager
 from adder.tracking import Tracking
 from adder.training_state import (ResumeError, changed_settings, is_compiled, load_training_state, resolve_state,
-                                  save_training_state)
+                                  save_training_state, saved_states)
 
 
 class RunFailed(Exception):
@@ -271,9 +271,10 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     train_set = data["train"]
     # Counted as train_batches cuts an epoch (a last batch too small to share is merged), not by division.
     steps_per_epoch = len(train_batches(len(train_set), config.batch_size, config.seed, 0, rank, world_size))
+    batch = str(config.batch_size) if world_size == 1 else f"{world_size} x {config.batch_size} (per process)"
     log.info(f"data: {len(data['train'])} train / {len(data['val'])} val / {len(data['test'])} test images; "
-             f"validation and test score every image with all 10 addends; {steps_per_epoch} steps per epoch "
-             f"(loaded in {time.perf_counter() - setup_start:.1f}s)")
+             f"validation and test score every image with all 10 addends; {steps_per_epoch} steps per epoch of "
+             f"batch {batch} (loaded in {time.perf_counter() - setup_start:.1f}s)")
 
     # Model, loss, optimiser and schedule.
     model = AdderNet(config.model_config).to(memory_format=torch.channels_last)
@@ -308,6 +309,8 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                                        augment=config.augment, cuda_graph=eager_because is None)
 
     start_epoch, global_step, best = resume(config, folder, accelerator, ema, log)
+    if start_epoch > config.epochs:
+        log.info(f"every epoch (of {config.epochs}) was trained already: only the test report runs again")
     tracking = Tracking.start(accelerator, config.to_dict(), logs_dir=folder.logs, run_name=config.run_name,
                               log_model=not config.no_log_model)
 
@@ -321,8 +324,10 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         batches = train_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size, device)
         window_loss, epoch_loss = torch.zeros((), device=device), torch.zeros((), device=device)
         steps_in_window = 0
-        for step, index in enumerate(tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                                          disable=not accelerator.is_local_main_process), start=1):
+        # The bar on a terminal only (disable=None): redirected to a file, it would write a line per update.
+        progress_bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                            disable=None if accelerator.is_local_main_process else True)
+        for step, index in enumerate(progress_bar, start=1):
             # Fresh gradients in the parameters' .grad: zeroed and refilled each step, or overwritten in place
             # by the CUDA graph's replay (adder/step.py).
             loss = forward_backward(index, epoch)
@@ -389,6 +394,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     log.info(f"training done in {time.perf_counter() - run_start:.1f}s")
 
     final_report(config, folder, accelerator, data["test"], tracking, global_step, log)
+    log.info(f"the model: {folder.best} (python evaluate.py --ckpt {folder.best})")
 
 
 def main(argv=None) -> int:
@@ -424,7 +430,8 @@ def main(argv=None) -> int:
     device = accelerator.device
     log.info(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()}), "
              f"{accelerator.num_processes} process(es), mixed precision: {accelerator.mixed_precision}")
-    log.info(f"process started {seconds_since_process_start():.1f}s ago (interpreter, imports, Accelerator, CUDA)")
+    log.info(f"process started {seconds_since_process_start():.1f}s ago (interpreter, imports, Accelerator"
+             f"{', CUDA' if device.type == 'cuda' else ''})")
     if is_compiled(accelerator):
         dynamo = accelerator.state.dynamo_plugin
         log.info(f"torch.compile: backend {dynamo.backend.value.lower()}, mode {dynamo.mode}")
@@ -441,7 +448,13 @@ def main(argv=None) -> int:
         log.error(f"error: {err}")
         Tracking.record_failure(accelerator)
         return 1
-    except BaseException:  # a bug, Ctrl-C, out of memory: the traceback follows, and the wandb run is failed
+    except KeyboardInterrupt:  # Ctrl-C: what is kept and how to go on, rather than a traceback
+        states = saved_states(folder.checkpoints)
+        log.error("error: interrupted; " + (f"{states[-1]} is saved: continue with --resume_from_checkpoint latest"
+                                             if states else "no epoch was saved yet"))
+        Tracking.record_failure(accelerator)
+        return 130
+    except BaseException:  # a bug, out of memory: the traceback follows, and the wandb run is failed
         Tracking.record_failure(accelerator)
         raise
     finally:

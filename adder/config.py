@@ -21,36 +21,44 @@ OPTIMIZERS = ("sgd", "adamw")
 OPTIMIZER_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 5e-4}, "adamw": {"lr": 4e-3, "weight_decay": 1e-4}}
 
 
+def number(text: str, kind: type) -> int | float:
+    """text as `kind` (int or float); else an error that says so (argparse's own names the parsing function)."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = number(text, int)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
+    value = number(text, float)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = number(text, float)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
 def unit_fraction(text: str) -> float:
-    value = float(text)
+    value = number(text, float)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
 def seed_value(text: str) -> int:
-    value = int(text)
+    value = number(text, int)
     if not 0 <= value < 2**32:  # numpy's seeds, which accelerate's set_seed sets too
         raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
     return value

@@ -60,8 +60,10 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
     except Exception as err:  # torchvision raises RuntimeError, URLError, AssertionError, ValueError...
         reason = first_line(err)
         if not present:
-            raise DataError(f"MNIST is not in {raw} and downloading it failed ({reason}). Without network, "
-                            f"copy the four official *-ubyte.gz files there.") from err
+            # torchvision's message lists the mirrors it tried; its last line says why the last one failed.
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            raise DataError(f"MNIST is not in {raw} and downloading it failed ({lines[-1] if lines else reason}). "
+                            f"Without network, copy the four official *-ubyte.gz files there.") from err
         if extracting and isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS,
                                                                      errno.ENOSPC):
             # torchvision extracts the archives beside themselves: nothing is damaged, the folder refused a write.

@@ -91,13 +91,14 @@ def choose_placement(force_cpu: bool, mixed_precision: str | None, *, gpu: bool,
     why = "--cpu" if force_cpu else "no usable CUDA GPU"
     if mixed_precision == "fp16":
         raise PlacementError(f"--mixed_precision fp16 needs a CUDA GPU, and this run is on the CPU ({why}): "
-                             f"leave --mixed_precision out for the CPU's fast choice, or give no")
+                             f"leave --mixed_precision out for the CPU's fast choice, or give --mixed_precision no")
     threads = max(1, cores // max(1, local_processes))
     explicit = mixed_precision is not None
     if not explicit:
         mixed_precision = "bf16" if native_bf16 else "no"
     reason = "--mixed_precision" if explicit else f"this CPU has {'' if native_bf16 else 'no '}native bf16"
-    note = f"CPU ({why}): {threads} threads per process, {'fp32' if mixed_precision == 'no' else mixed_precision} ({reason})"
+    precision = "fp32" if mixed_precision == "no" else mixed_precision
+    note = f"CPU ({why}): {threads} thread{'s' if threads > 1 else ''} per process, {precision} ({reason})"
     warning = ""
     if mixed_precision == "bf16" and not native_bf16:  # only an explicit choice gets here
         warning = ("--mixed_precision bf16 on a CPU without native bf16 is emulated and several times slower "

@@ -144,6 +144,9 @@ def resolve_state(resume_from: str, checkpoints_dir: Path) -> Path:
                                  "checkpoints/ folder on each)" if saved_states(checkpoints_dir) else ""))
         return states[-1]
     path = Path(resume_from)
+    if not path.is_dir():
+        raise ResumeError(f"--resume_from_checkpoint {path}: no such folder (the states are in "
+                          f"{checkpoints_dir}; or give latest)")
     if not is_complete(path):
         raise ResumeError(f"--resume_from_checkpoint {path}: not a complete training state folder")
     return path

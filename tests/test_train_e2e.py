@@ -165,6 +165,21 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
     assert [row["epoch"] for row in rows] == [1, 2, 3, 4]  # the redone epoch is not logged twice
 
 
+def test_ctrl_c_says_what_is_saved_and_how_to_go_on(tiny_mnist, tmp_path):
+    proc = train(tiny_mnist, tmp_path, "--epochs", "20", popen=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "checkpoints" / "epoch_001").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)  # stdout and stderr
+    assert proc.returncode == 130, f"not interrupted mid-run:\n{output}"
+    assert "Traceback" not in output
+    (error,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert re.fullmatch(r"error: interrupted; \S+epoch_0\d\d is saved: continue with --resume_from_checkpoint latest",
+                        error), error
+    assert error in (tmp_path / "logs" / "console.log").read_text()
+
+
 @needs_dev_full
 def test_resume_from_an_explicit_state_folder(two_process_run, tiny_mnist, tmp_path):
     out, _ = two_process_run
@@ -224,6 +239,8 @@ def test_a_folder_with_only_training_states_is_refused_too(tiny_mnist, tmp_path)
 
 @pytest.mark.parametrize("args, message", [
     (["--batch_size", "-4"], "--batch_size: must be a positive integer"),
+    (["--epochs", "two"], "--epochs: must be an integer, got 'two'"),
+    (["--lr", "fast"], "--lr: must be a number, got 'fast'"),
     (["--mixed_precision", "fp12"], "--mixed_precision: invalid choice"),
     (["--sum_head", "magic"], "--sum_head: invalid choice"),
     (["--optimizer", "adam"], "--optimizer: invalid choice"),
@@ -272,6 +289,7 @@ def test_bad_training_arguments_get_one_clear_error(tiny_mnist, tmp_path, args, 
 def test_a_state_folder_that_is_not_one_is_refused(tmp_path):
     # The same refusal as "latest" with nothing saved, above: train.py prints the ResumeError's message.
     (tmp_path / "epoch_001").mkdir()  # a folder, but no saved state in it
-    for folder in (tmp_path / "no" / "such" / "folder", tmp_path / "epoch_001"):
-        with pytest.raises(ResumeError, match="not a complete training state folder"):
-            resolve_state(str(folder), tmp_path)
+    with pytest.raises(ResumeError, match="not a complete training state folder"):
+        resolve_state(str(tmp_path / "epoch_001"), tmp_path)
+    with pytest.raises(ResumeError, match="no such folder"):
+        resolve_state(str(tmp_path / "no" / "such" / "folder"), tmp_path)
