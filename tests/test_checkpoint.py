@@ -85,7 +85,7 @@ def test_a_training_state_is_on_disk_before_it_is_named(tmp_path, monkeypatch):
 
     class SavingAccelerator:
         is_main_process = is_local_main_process = True
-        process_index, num_processes = 0, 1
+        process_index, num_processes, mixed_precision = 0, 1, "no"
         state = SimpleNamespace(dynamo_plugin=SimpleNamespace(backend=DynamoBackend.NO))
 
         def wait_for_everyone(self):
