@@ -61,16 +61,19 @@ def wandb_init_kwargs(run_dir: str, run_name: str | None) -> tuple[dict, str | N
     import wandb
 
     kwargs = {"dir": run_dir, "name": run_name}
+    # Offline, the run's own line says where the run is and how to upload it: wandb's banner, summary and
+    # three more mentions of the folder would bury it.
+    offline = {"mode": "offline", "settings": wandb.Settings(quiet=True)}
     settings = wandb.setup().settings  # environment variables and settings files, resolved by wandb
     if settings.mode != "online":
-        return kwargs, None
+        return kwargs | (offline if settings.mode == "offline" else {}), None
     # The server first: wandb.login looks the account up on it to greet the user, and would wait for it.
     if not server_answers(settings.base_url):
-        return kwargs | {"mode": "offline"}, f"{settings.base_url} did not answer"
+        return kwargs | offline, f"{settings.base_url} did not answer"
     # wandb's own check for credentials (API key variable, identity token, .netrc, settings) that never
     # asks for a key.
     if not wandb.login(prompt=False, verify=False):
-        return kwargs | {"mode": "offline"}, "not logged in"
+        return kwargs | offline, "not logged in"
     return kwargs, None
 
 
