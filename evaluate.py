@@ -39,8 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (best.pt)")
     p.add_argument("--data_dir", default=TrainConfig.data_dir,
-                   help="folder holding MNIST/raw/ (downloaded there if absent)")
-    p.add_argument("--batch_size", type=positive_int, default=1000, help="test images per forward pass (x10 pairs)")
+                   help=f"folder holding MNIST/raw/ (downloaded there if absent; default: {TrainConfig.data_dir})")
+    p.add_argument("--batch_size", type=positive_int, default=1000,
+                   help="test images per forward pass (x10 pairs; default: 1000)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even if a GPU is present")
     p.add_argument("--tta", action="store_true",
@@ -78,7 +79,8 @@ def answer_own_images(model, args: argparse.Namespace) -> int:
     except DigitImageError as err:
         sys.exit(f"error: {err}")
     except OSError as err:
-        sys.exit(f"error: cannot write to {args.save_preprocessed}: {err.strerror}")
+        why = "not a folder" if Path(args.save_preprocessed).exists() else err.strerror
+        sys.exit(f"error: cannot write to {args.save_preprocessed}: {why}")
     answered, images = [], []
     for path in paths:
         try:
