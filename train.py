@@ -39,9 +39,8 @@ from adder.checkpoint import CheckpointError, atomic_write_text, load_model, rea
 from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, split_train_val, train_batches
 from adder.ema import moving_average
-from adder.errors import first_line
 from adder.evaluation import evaluate, one_addend_predictions
-from adder.hardware import PlacementError, cpu_name, first_failure, place_run
+from adder.hardware import PlacementError, all_or_none, cpu_name, first_failure, place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
 from adder.model import AdderNet, ShiftAveraged, count_parameters
@@ -130,13 +129,6 @@ def still_safe(best_epoch: int, saved_epoch: int) -> str:
     return " and ".join(safe) or "nothing yet"
 
 
-def stop_all_if_any(accelerator: Accelerator, refusal: str | None) -> None:
-    """Every process stops, with the first refusal's message, if any process refused."""
-    failure = first_failure(accelerator, refusal)
-    if failure:
-        raise RunFailed(failure)
-
-
 def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, DeviceMNIST]:
     """The train, validation and test splits, each held whole on the training device."""
     try:
@@ -208,25 +200,15 @@ def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, ema
     one, and load it, or all stop."""
     if config.resume_from_checkpoint is None:
         return 1, 0, {"epoch": 0, "joint_acc": -1.0}
-    state_dir, refusal = None, None
-    try:
+    with all_or_none(accelerator, ResumeError, RunFailed):
         state_dir = resolve_state(config.resume_from_checkpoint, folder.checkpoints)
-    except ResumeError as err:
-        refusal = str(err)
-    stop_all_if_any(accelerator, refusal)
     names = gather_object([state_dir.name])  # the same state on every node, not a stale copy on one
     if len(set(names)) > 1:
         found = ", ".join(f"{name} on process {rank}" for rank, name in enumerate(names))
         raise RunFailed(f"the processes found different training states ({found}): resuming on several nodes "
                         f"needs the same checkpoints/ folder on each")
-    progress, refusal = None, None
-    try:
+    with all_or_none(accelerator, ResumeError, RunFailed):
         progress = load_training_state(accelerator, state_dir, config, ema)
-    except ResumeError as err:
-        refusal = str(err)
-    except Exception as err:  # a file of the state missing or damaged on this process's disk
-        refusal = f"cannot load the training state {state_dir} ({first_line(err, with_type=True)})"
-    stop_all_if_any(accelerator, refusal)
     best = best_so_far(config, folder, accelerator, progress["best"])
     log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {progress['global_step']}, "
              f"best val joint {best['joint_acc']:.4%} at epoch {best['epoch']})")
@@ -366,24 +348,20 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                  f"{'  -> best.pt' if improved else ''}")
         accelerator.log({f"val/{k}": v for k, v in scalars(val).items()} | {"epoch": epoch}, step=global_step)
         safe = still_safe(best["epoch"], saved_epoch=epoch - 1)
-        write_failure = None  # the main process writes alone; a failed write stops every process
-        if accelerator.is_main_process:
-            # started_at and validated_at (Unix seconds) place the epoch between the run's launch and exit:
-            # the time to each accuracy, and the time spent outside the epochs (benchmarks/run_tables.py).
-            epoch_rows.append({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
-                               "train_loss": train_loss, "train_seconds": train_seconds,
-                               "started_at": round(started_at, 3), "validated_at": round(time.time(), 3)}
-                              | {f"val_{k}": v for k, v in scalars(val).items()})
-            try:
+        with all_or_none(accelerator, RunFailed, RunFailed):  # the main process writes alone; a failure stops all
+            if accelerator.is_main_process:
+                # started_at and validated_at (Unix seconds) place the epoch between the run's launch and exit:
+                # the time to each accuracy, and the time spent outside the epochs (benchmarks/run_tables.py).
+                epoch_rows.append({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
+                                   "train_loss": train_loss, "train_seconds": train_seconds,
+                                   "started_at": round(started_at, 3), "validated_at": round(time.time(), 3)}
+                                  | {f"val_{k}": v for k, v in scalars(val).items()})
                 with saving(folder.metrics, safe):
                     atomic_write_text(folder.metrics, "".join(json.dumps(row) + "\n" for row in epoch_rows))
                 if improved:
                     with saving(folder.best, safe):
                         save_checkpoint(folder.best, eval_model, train_config=config.to_dict(), epoch=epoch,
                                         val_metrics=scalars(val))
-            except RunFailed as err:
-                write_failure = str(err)
-        stop_all_if_any(accelerator, write_failure)
         if improved:
             best = {"epoch": epoch, "joint_acc": val["joint_acc"]}
         # Safe now: best.pt as just written (this epoch's model if it improved), and the previous state.

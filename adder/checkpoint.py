@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
-import re
 import warnings
 from pathlib import Path
 
 import torch
 
-from adder.errors import first_line
+from adder.errors import first_line, would_call
 from adder.model import AdderNet, ModelConfig
 
 FORMAT = "mnist-adder"
@@ -97,15 +95,11 @@ def read_checkpoint(path: str | Path) -> dict:
         with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says it all
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # weights_only accepts only tensors and plain containers: a pickle that would call anything else ends
-        # here. torch's message suggests weights_only=False, which would run the file's code: only the name stays.
-        called = re.search(r"GLOBAL (\S+)", str(err))
-        if called is None:  # not a pickle of objects at all
-            raise CheckpointError(not_readable) from err
-        raise CheckpointError(f"{path}: refused to load: it would call {called.group(1)}, and a checkpoint holds "
-                              f"only weights (nothing from the file ran)") from err
     except Exception as err:  # a file that is not a torch checkpoint can fail in any part of the unpickler
+        # weights_only accepts only tensors and plain containers: a pickle that would call anything else ends here.
+        if called := would_call(err):
+            raise CheckpointError(f"{path}: refused to load: it would call {called}, and a checkpoint holds "
+                                  f"only weights (nothing from the file ran)") from err
         raise CheckpointError(not_readable) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an MNIST Adder checkpoint")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+
 
 def first_line(err: BaseException, limit: int = 200, *, with_type: bool = False) -> str:
     """The first non-blank line of the exception's message, at most `limit` characters, or its type's name if
@@ -13,3 +16,10 @@ def first_line(err: BaseException, limit: int = 200, *, with_type: bool = False)
     if not line:
         return name
     return f"{name}: {line}" if with_type else line
+
+
+def would_call(err: BaseException) -> str | None:
+    """What a pickle refused by torch.load(weights_only=True) would have called ("posix.system"), or None for
+    any other error. torch's message around the name advises weights_only=False, which would run it."""
+    found = re.search(r"GLOBAL (\S+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+    return found.group(1) if found else None

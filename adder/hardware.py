@@ -8,9 +8,11 @@ CPU is chosen here, before the Accelerator is made, whenever no GPU is usable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,19 @@ def first_failure(accelerator, failure: str | None) -> str | None:
         if message:
             return message if rank == 0 else f"process {rank}: {message}"
     return None
+
+
+@contextlib.contextmanager
+def all_or_none(accelerator, catch, raise_as, describe: Callable[[BaseException], str] = str):
+    """Runs the block on every process; if it raised `catch` on any of them, every process raises `raise_as`
+    with the first failure's message (first_failure): all stop together, or none does."""
+    failure = None
+    try:
+        yield
+    except catch as err:
+        failure = describe(err)
+    if failure := first_failure(accelerator, failure):
+        raise raise_as(failure)
 
 
 def cpu_cores() -> int:

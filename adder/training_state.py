@@ -34,7 +34,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from adder.checkpoint import atomic_write_text, sync_to_disk
 from adder.config import TrainConfig
-from adder.errors import first_line
+from adder.errors import first_line, would_call
 from adder.hardware import first_failure
 
 _STATE_NAME = re.compile(r"^epoch_(\d+)$")
@@ -182,11 +182,20 @@ def check_settings(progress: dict, config: TrainConfig, processes: int, *, preci
 def load_training_state(accelerator: Accelerator, state_dir: Path, config: TrainConfig,
                         ema: AveragedModel | None = None) -> dict:
     """Check the settings, then restore model, optimizer, scheduler, RNGs and the moving average; returns the
-    saved progress ({'epoch', 'global_step', 'best', ...})."""
-    progress = json.loads((state_dir / PROGRESS_FILE).read_text())
+    saved progress ({'epoch', 'global_step', 'best', ...}). Any failure is a ResumeError: a changed setting,
+    or a file of the state missing or damaged on this process's disk."""
+    try:
+        progress = json.loads((state_dir / PROGRESS_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise ResumeError(f"cannot read {state_dir / PROGRESS_FILE} ({first_line(err, with_type=True)})") from err
     check_settings(progress, config, accelerator.num_processes, precision=accelerator.mixed_precision,
                    compiled=is_compiled(accelerator))
-    accelerator.load_state(str(state_dir))
-    if ema is not None:
-        ema.load_state_dict(torch.load(state_dir / EMA_FILE, map_location="cpu", weights_only=True))
+    try:
+        accelerator.load_state(str(state_dir))
+        if ema is not None:
+            ema.load_state_dict(torch.load(state_dir / EMA_FILE, map_location="cpu", weights_only=True))
+    except Exception as err:  # accelerate and torch raise many kinds: only the message says what failed
+        why = (f"a file of it would call {called}: a training state holds only tensors, nothing from it ran"
+               if (called := would_call(err)) else first_line(err, with_type=True))
+        raise ResumeError(f"cannot load the training state {state_dir} ({why})") from err
     return progress
