@@ -79,6 +79,8 @@ def answer_own_images(model, args: argparse.Namespace) -> int:
     except DigitImageError as err:
         sys.exit(f"error: {err}")
     except OSError as err:
+        if not args.save_preprocessed:  # image_files() only lists folders
+            sys.exit(f"error: cannot read {err.filename}: {err.strerror}")
         why = "not a folder" if Path(args.save_preprocessed).exists() else err.strerror
         sys.exit(f"error: cannot write to {args.save_preprocessed}: {why}")
     answered, images = [], []

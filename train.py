@@ -372,7 +372,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     log.info(f"training done in {time.perf_counter() - run_start:.1f}s")
 
     final_report(config, folder, accelerator, data["test"], tracking, global_step, log)
-    log.info(f"the model: {folder.best} (python evaluate.py --ckpt {folder.best})")
+    log.info(f"the model: {folder.best} (python evaluate.py --ckpt {shlex.quote(str(folder.best))})")
 
 
 def main(argv=None) -> int:
@@ -428,8 +428,9 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:  # Ctrl-C: what is kept and how to go on, rather than a traceback
         states = saved_states(folder.checkpoints)
-        log.error("error: interrupted; " + (f"{states[-1]} is saved: continue with --resume_from_checkpoint latest"
-                                             if states else "no epoch was saved yet"))
+        kept = (f"{states[-1]} is saved: continue with --resume_from_checkpoint latest" if states else
+                "no training state was saved yet: start again (in a new --output_dir if this one has a best.pt)")
+        log.error(f"error: interrupted; {kept}")
         Tracking.record_failure(accelerator)
         return 130
     except BaseException:  # a bug, out of memory: the traceback follows, and the wandb run is failed

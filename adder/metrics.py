@@ -22,7 +22,7 @@ SCALARS = ("digit_acc", "sum_acc", "joint_acc", "consistency", "loss")
 
 
 def exact_sum() -> SumMetric:
-    """A counter: float64 holds every integer up to 2**53 exactly, far beyond any test set."""
+    """A sum in float64: exact for counts (every integer up to 2**53), and the losses' sum to ~16 digits."""
     metric = SumMetric(nan_strategy="disable")
     metric.set_dtype(torch.float64)
     return metric

@@ -61,8 +61,8 @@ def wandb_init_kwargs(run_dir: str, run_name: str | None) -> tuple[dict, str | N
     import wandb
 
     kwargs = {"dir": run_dir, "name": run_name}
-    # Offline, the run's own line says where the run is and how to upload it: wandb's banner, summary and
-    # three more mentions of the folder would bury it.
+    # Offline, the run's own line says how to upload the run: quiet drops wandb's run summary and its closing
+    # sync tips (its warnings stay).
     offline = {"mode": "offline", "settings": wandb.Settings(quiet=True)}
     settings = wandb.setup().settings  # environment variables and settings files, resolved by wandb
     if settings.mode != "online":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -41,8 +42,8 @@ _STATE_NAME = re.compile(r"^epoch_(\d+)$")
 PROGRESS_FILE = "progress.json"
 EMA_FILE = "ema.pt"
 # Settings that shape the saved state or the rest of the run: the schedule's length, the model's tensors,
-# the optimiser's state, the data order. The others (logging, output, tracking, precision) may change, except
-# into fp16 from a state saved without it: fp16's loss scaler has no saved state to continue from.
+# the optimiser's state, the data order. The others (logging, output, tracking) may change. The precision, the
+# number of processes and torch.compile must match too (check_settings), but are not flags of TrainConfig alone.
 MUST_MATCH = ("epochs", "batch_size", "widths", "sum_head", "sum_hidden", "optimizer", "lr", "weight_decay",
               "sum_weight", "label_smoothing", "ema_decay", "seed", "val_size", "no_augment", "rotate", "shift",
               "zoom")
@@ -145,8 +146,8 @@ def resolve_state(resume_from: str, checkpoints_dir: Path) -> Path:
         return states[-1]
     path = Path(resume_from)
     if not path.is_dir():
-        raise ResumeError(f"--resume_from_checkpoint {path}: no such folder (the states are in "
-                          f"{checkpoints_dir}; or give latest)")
+        raise ResumeError(f"--resume_from_checkpoint {path}: {'not a' if path.exists() else 'no such'} folder (the "
+                          f"states are in {checkpoints_dir}; or give latest)")
     if not is_complete(path):
         raise ResumeError(f"--resume_from_checkpoint {path}: not a complete training state folder")
     return path
@@ -188,6 +189,9 @@ def load_training_state(accelerator: Accelerator, state_dir: Path, config: Train
         progress = json.loads((state_dir / PROGRESS_FILE).read_text())
     except (OSError, ValueError) as err:
         raise ResumeError(f"cannot read {state_dir / PROGRESS_FILE} ({first_line(err, with_type=True)})") from err
+    if not (isinstance(progress, dict) and isinstance(progress.get("settings"), dict)
+            and {"epoch", "global_step", "best"} <= progress.keys()):
+        raise ResumeError(f"{state_dir / PROGRESS_FILE}: not the progress file train.py writes")
     check_settings(progress, config, accelerator.num_processes, precision=accelerator.mixed_precision,
                    compiled=is_compiled(accelerator))
     try:
@@ -195,7 +199,11 @@ def load_training_state(accelerator: Accelerator, state_dir: Path, config: Train
         if ema is not None:
             ema.load_state_dict(torch.load(state_dir / EMA_FILE, map_location="cpu", weights_only=True))
     except Exception as err:  # accelerate and torch raise many kinds: only the message says what failed
-        why = (f"a file of it would call {called}: a training state holds only tensors, nothing from it ran"
-               if (called := would_call(err)) else first_line(err, with_type=True))
+        if called := would_call(err):
+            why = f"a file of it would call {called}: a training state holds only tensors, nothing from it ran"
+        elif isinstance(err, pickle.UnpicklingError):  # torch's message would advise weights_only=False
+            why = "a file of it is not a readable PyTorch file: truncated or another kind"
+        else:
+            why = first_line(err, with_type=True)
         raise ResumeError(f"cannot load the training state {state_dir} ({why})") from err
     return progress

@@ -16,7 +16,7 @@ from adder.checkpoint import load_model, save_checkpoint
 from adder.config import TrainConfig
 from adder.data import DeviceMNIST
 from adder.evaluation import evaluate
-from adder.hardware import PlacementError, choose_placement, cpu_has_native_bf16
+from adder.hardware import PlacementError, all_or_none, choose_placement, cpu_has_native_bf16
 from adder.model import AdderNet, ModelConfig
 from adder.training_state import (EMA_FILE, MUST_MATCH, PROGRESS_FILE, ResumeError, check_settings,
                                   load_training_state, resolve_state)
@@ -152,6 +152,36 @@ def test_a_training_state_that_would_run_code_is_refused_and_runs_nothing(traine
     assert error.startswith("error: cannot load the training state") and "would call io.open" in error
     assert "weights_only" not in result.stderr  # torch's advice to load with weights_only=False, wrong here
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damaged, content, message", [
+    ("progress.json", '{"settings": null}', "progress.json: not the progress file train.py writes"),
+    ("optimizer.bin", b"\x80\x04garbage", "a file of it is not a readable PyTorch file"),
+])
+def test_a_damaged_training_state_is_one_error_line(trained_run, tiny_mnist, tmp_path, damaged, content, message):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    path = run / "checkpoints" / "epoch_002" / damaged
+    path.write_text(content) if isinstance(content, str) else path.write_bytes(content)
+    result = train(tiny_mnist, run, "--epochs", "2", "--resume_from_checkpoint", "latest", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert message in error and "weights_only" not in error, error
+
+
+def test_all_or_none_raises_what_it_catches_as_one_kind_even_without_a_message():
+    one_process = SimpleNamespace(process_index=0)
+    with all_or_none(one_process, ValueError, RuntimeError):
+        pass  # nothing failed: nothing raised
+    with pytest.raises(RuntimeError, match="^bad flag$"):
+        with all_or_none(one_process, ValueError, RuntimeError):
+            raise ValueError("bad flag")
+    with pytest.raises(RuntimeError, match="^ValueError$"):  # an empty message still stops the run
+        with all_or_none(one_process, ValueError, RuntimeError):
+            raise ValueError()
+    with pytest.raises(KeyError):  # not caught: passes through as it is
+        with all_or_none(one_process, ValueError, RuntimeError):
+            raise KeyError("other")
 
 
 def test_resume_refuses_another_number_of_processes(trained_run):

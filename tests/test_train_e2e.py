@@ -178,6 +178,8 @@ def test_ctrl_c_says_what_is_saved_and_how_to_go_on(tiny_mnist, tmp_path):
     assert re.fullmatch(r"error: interrupted; \S+epoch_0\d\d is saved: continue with --resume_from_checkpoint latest",
                         error), error
     assert error in (tmp_path / "logs" / "console.log").read_text()
+    resumed = train(tiny_mnist, tmp_path, "--epochs", "20", "--resume_from_checkpoint", "latest")
+    assert epochs_trained(resumed.stdout)[-1] == 20
 
 
 @needs_dev_full
