@@ -29,7 +29,7 @@ from adder.checkpoint import CheckpointError, load_model
 from adder.config import TrainConfig, positive_int
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, normalize
 from adder.digit_image import DigitImageError, image_files, read_image
-from adder.evaluation import evaluate
+from adder.evaluation import evaluate, reproducible_convolutions
 from adder.hardware import place_run
 from adder.metrics import report
 from adder.model import NUM_SUMS, ShiftAveraged, count_parameters
@@ -180,8 +180,9 @@ def main(argv=None) -> int:
     try:
         ((images, labels),) = load_mnist_on_every_process(accelerator, args.data_dir, "test")
         test_set = DeviceMNIST(images, labels, accelerator.device)
-        results = evaluate(model.to(accelerator.device), test_set, batch_size=args.batch_size,
-                           rank=accelerator.process_index, world_size=accelerator.num_processes)
+        with reproducible_convolutions():  # as train.py's test report
+            results = evaluate(model.to(accelerator.device), test_set, batch_size=args.batch_size,
+                               rank=accelerator.process_index, world_size=accelerator.num_processes)
         if accelerator.is_main_process:
             if args.json:
                 print(json.dumps(report(results) | {"epoch": ckpt["epoch"], "parameters": parameters,

@@ -39,7 +39,7 @@ from adder.checkpoint import CheckpointError, atomic_write_text, load_model, rea
 from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, split_train_val, train_batches
 from adder.ema import moving_average
-from adder.evaluation import evaluate, one_addend_predictions
+from adder.evaluation import evaluate, one_addend_predictions, reproducible_convolutions
 from adder.hardware import PlacementError, all_or_none, cpu_name, first_failure, place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
@@ -221,11 +221,13 @@ def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerato
     logs/test_metrics.json, drawn, and sent to the tracker."""
     device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
     best_model, best_ckpt = final_model(folder, accelerator)
-    # In fp32, like evaluate.py, so that the two report the same numbers for the same file.
-    test = evaluate(best_model.to(device), test_set, rank=rank, world_size=world_size)
+    # In fp32 and with the same convolution algorithms as evaluate.py: the two report the same numbers for the
+    # same file.
+    with reproducible_convolutions():
+        test = evaluate(best_model.to(device), test_set, rank=rank, world_size=world_size)
+        # Test-time augmentation, reported beside the plain numbers rather than instead of them (README.md).
+        shifted = evaluate(ShiftAveraged(best_model), test_set, rank=rank, world_size=world_size)
     log.info(f"test (best.pt from epoch {best_ckpt['epoch']}, {test['pairs']:,} pairs): {format_metrics(test)}")
-    # Test-time augmentation, reported beside the plain numbers rather than instead of them (README.md).
-    shifted = evaluate(ShiftAveraged(best_model), test_set, rank=rank, world_size=world_size)
     log.info(f"test, averaged over 1-pixel shifts (evaluate.py --tta): {format_metrics(shifted)}")
     if accelerator.is_main_process:
         safe = still_safe(best_ckpt["epoch"], saved_epoch=config.epochs)

@@ -15,6 +15,14 @@ from adder.metrics import AdderMetrics
 EVAL_LOSS = AdderLoss()
 
 
+def reproducible_convolutions():
+    """A context in which cuDNN makes its deterministic choice of convolution algorithms, not the one it times
+    per shape (cudnn.benchmark, train.py's default on a GPU), whose winners may differ between processes: so
+    train.py's test report and evaluate.py's of the same best.pt give the same counts on the same GPU. The
+    choice is cached apart from the timed ones. Nothing changes on a CPU."""
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceMNIST, *, batch_size: int = 1000, rank: int = 0,
              world_size: int = 1) -> dict:
