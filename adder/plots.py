@@ -20,9 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from adder.checkpoint import CheckpointError, load_model  # noqa: E402
 from adder.config import TrainConfig  # noqa: E402
-from adder.data import DeviceMNIST  # noqa: E402
-from adder.evaluation import one_addend_predictions  # noqa: E402
+from adder.data import DataError, DeviceMNIST, load_mnist  # noqa: E402
+from adder.evaluation import evaluate, one_addend_predictions  # noqa: E402
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -122,10 +123,6 @@ def save_figures(figures: dict[str, plt.Figure], out: Path) -> dict[str, Path]:
 
 
 def main(argv=None) -> int:
-    from adder.checkpoint import CheckpointError, load_model
-    from adder.data import DataError, load_mnist
-    from adder.evaluation import evaluate
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a train.py --output_dir")
     p.add_argument("--data_dir", default=TrainConfig.data_dir, help="folder holding MNIST/raw/")
