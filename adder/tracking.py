@@ -93,29 +93,30 @@ def environment(accelerator) -> dict:
     }
 
 
-def predictions_table(predictions: dict[str, torch.Tensor], test_set: DeviceMNIST, seed: int = 0):
-    """A wandb.Table of the pairs with a wrong digit or sum, then a random sample of right ones."""
+def predictions_table(answers: dict[str, torch.Tensor], test_set: DeviceMNIST, seed: int = 0):
+    """A wandb.Table of the one-addend `answers` (one_addend_predictions) with a wrong digit or sum, then a
+    random sample of right ones."""
     import wandb
 
-    wrong = ((predictions["predicted digit"] != predictions["digit"])
-             | (predictions["predicted sum"] != predictions["sum"]))
+    wrong = ((answers["predicted digit"] != answers["digit"])
+             | (answers["predicted sum"] != answers["sum"]))
     mistakes, right = wrong.nonzero().flatten(), (~wrong).nonzero().flatten()
     sample = torch.randperm(len(right), generator=torch.Generator().manual_seed(seed))[:TABLE_RIGHT_ANSWERS]
     rows = torch.cat([mistakes[:TABLE_MISTAKES], right[sample].sort().values])
     images = test_set.images[rows.to(test_set.device)].cpu().numpy()
     return wandb.Table(
-        columns=["test image", "image", *predictions, "right"],
-        data=[[i, wandb.Image(image), *(column[i].item() for column in predictions.values()), not wrong[i].item()]
+        columns=["test image", "image", *answers, "right"],
+        data=[[i, wandb.Image(image), *(column[i].item() for column in answers.values()), not wrong[i].item()]
               for i, image in zip(rows.tolist(), images)],
     )
 
 
-def digit_confusion_chart(predictions: dict[str, torch.Tensor]):
+def digit_confusion_chart(answers: dict[str, torch.Tensor]):
     """wandb's interactive confusion matrix of the digit head, each test image counted once."""
     import wandb
 
     return wandb.plot.confusion_matrix(
-        y_true=predictions["digit"].tolist(), preds=predictions["predicted digit"].tolist(),
+        y_true=answers["digit"].tolist(), preds=answers["predicted digit"].tolist(),
         class_names=[str(digit) for digit in range(NUM_DIGITS)], title="digit head: each test image once")
 
 
