@@ -78,9 +78,7 @@ def answer_own_images(model, args: argparse.Namespace) -> int:
             Path(args.save_preprocessed).mkdir(parents=True, exist_ok=True)
     except DigitImageError as err:
         sys.exit(f"error: {err}")
-    except OSError as err:
-        if not args.save_preprocessed:  # image_files() only lists folders
-            sys.exit(f"error: cannot read {err.filename}: {err.strerror}")
+    except OSError as err:  # the --save_preprocessed folder
         why = "not a folder" if Path(args.save_preprocessed).exists() else err.strerror
         sys.exit(f"error: cannot write to {args.save_preprocessed}: {why}")
     answered, images = [], []

@@ -36,7 +36,10 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+            try:
+                found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+            except OSError as err:
+                raise DigitImageError(f"{path}: cannot list the folder ({err.strerror})") from err
             if not found:
                 raise DigitImageError(f"{path}: folder holds no image files")
             files += found

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import shutil
 from pathlib import Path
@@ -35,7 +34,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from adder.checkpoint import atomic_write_text, sync_to_disk
 from adder.config import TrainConfig
-from adder.errors import first_line, would_call
+from adder.errors import first_line
 from adder.hardware import first_failure
 
 _STATE_NAME = re.compile(r"^epoch_(\d+)$")
@@ -199,11 +198,5 @@ def load_training_state(accelerator: Accelerator, state_dir: Path, config: Train
         if ema is not None:
             ema.load_state_dict(torch.load(state_dir / EMA_FILE, map_location="cpu", weights_only=True))
     except Exception as err:  # accelerate and torch raise many kinds: only the message says what failed
-        if called := would_call(err):
-            why = f"a file of it would call {called}: a training state holds only tensors, nothing from it ran"
-        elif isinstance(err, pickle.UnpicklingError):  # torch's message would advise weights_only=False
-            why = "a file of it is not a readable PyTorch file: truncated or another kind"
-        else:
-            why = first_line(err, with_type=True)
-        raise ResumeError(f"cannot load the training state {state_dir} ({why})") from err
+        raise ResumeError(f"cannot load the training state {state_dir} ({first_line(err, with_type=True)})") from err
     return progress

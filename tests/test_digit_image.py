@@ -7,6 +7,7 @@ import json
 import struct
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,6 +159,16 @@ def test_a_folder_means_its_image_files_in_name_order(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DigitImageError, match="empty: folder holds no image files"):
         image_files([tmp_path / "empty"])
+
+
+def test_a_folder_that_cannot_be_listed_is_one_error(tmp_path, monkeypatch):
+    # What a folder without read permission gives a user who is not root (root may list any folder).
+    def refused(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    with pytest.raises(DigitImageError, match="cannot list the folder .Permission denied"):
+        image_files([tmp_path])
 
 
 @pytest.fixture(scope="module")

@@ -156,7 +156,7 @@ def test_a_training_state_that_would_run_code_is_refused_and_runs_nothing(traine
 
 @pytest.mark.parametrize("damaged, content, message", [
     ("progress.json", '{"settings": null}', "progress.json: not the progress file train.py writes"),
-    ("optimizer.bin", b"\x80\x04garbage", "a file of it is not a readable PyTorch file"),
+    ("optimizer.bin", b"\x80\x04garbage", "(UnpicklingError: not a readable PyTorch file"),
 ])
 def test_a_damaged_training_state_is_one_error_line(trained_run, tiny_mnist, tmp_path, damaged, content, message):
     run = tmp_path / "run"
