@@ -129,7 +129,7 @@ def still_safe(best_epoch: int, saved_epoch: int) -> str:
     return " and ".join(safe) or "nothing yet"
 
 
-def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, DeviceMNIST]:
+def load_data(config: TrainConfig, accelerator: Accelerator) -> tuple[DeviceMNIST, DeviceMNIST, DeviceMNIST]:
     """The train, validation and test splits, each held whole on the training device."""
     try:
         (train_images, train_labels), (test_images, test_labels) = load_mnist_on_every_process(
@@ -139,8 +139,8 @@ def load_data(config: TrainConfig, accelerator: Accelerator) -> dict[str, Device
     except (DataError, ValueError) as err:
         raise RunFailed(str(err)) from err
     device = accelerator.device
-    return {"train": DeviceMNIST(train_images, train_labels, device), "val": DeviceMNIST(val_images, val_labels, device),
-            "test": DeviceMNIST(test_images, test_labels, device)}
+    return (DeviceMNIST(train_images, train_labels, device), DeviceMNIST(val_images, val_labels, device),
+            DeviceMNIST(test_images, test_labels, device))
 
 
 def from_main_process(accelerator: Accelerator, read: Callable[[], object]):
@@ -156,11 +156,6 @@ def from_main_process(accelerator: Accelerator, read: Callable[[], object]):
     if isinstance(payload[0], RunFailed):
         raise payload[0]
     return payload[0]
-
-
-def final_model(folder: RunFolder, accelerator: Accelerator) -> tuple[AdderNet, dict]:
-    """best.pt, as the main process reads it (deleted or damaged while the run went on: one error line)."""
-    return from_main_process(accelerator, lambda: load_model(folder.best))
 
 
 def best_so_far(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, saved_best: dict) -> dict:
@@ -220,13 +215,17 @@ def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerato
     """best.pt on the test set, which played no part in training or selection: logged, written to
     logs/test_metrics.json, drawn, and sent to the tracker."""
     device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
-    best_model, best_ckpt = final_model(folder, accelerator)
+    # best.pt as the main process reads it (deleted or damaged while the run went on: one error line).
+    best_model, best_ckpt = from_main_process(accelerator, lambda: load_model(folder.best))
+    best_model.to(device)
     # In fp32 and with the same convolution algorithms as evaluate.py: the two report the same numbers for the
-    # same file.
+    # same file, and the figure shows the answers they counted.
     with reproducible_convolutions():
-        test = evaluate(best_model.to(device), test_set, rank=rank, world_size=world_size)
+        test = evaluate(best_model, test_set, rank=rank, world_size=world_size)
         # Test-time augmentation, reported beside the plain numbers rather than instead of them (README.md).
         shifted = evaluate(ShiftAveraged(best_model), test_set, rank=rank, world_size=world_size)
+        # The figure's and the tracker's table of answers, one random addend per image.
+        answers = one_addend_predictions(best_model, test_set) if accelerator.is_main_process else None
     log.info(f"test (best.pt from epoch {best_ckpt['epoch']}, {test['pairs']:,} pairs): {format_metrics(test)}")
     log.info(f"test, averaged over 1-pixel shifts (evaluate.py --tta): {format_metrics(shifted)}")
     if accelerator.is_main_process:
@@ -236,7 +235,6 @@ def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerato
             atomic_write_text(test_metrics, json.dumps(
                 {"epoch": best_ckpt["epoch"], "parameters": count_parameters(best_model)} | report(test)
                 | {"tta": report(shifted)}, indent=2))
-        answers = one_addend_predictions(best_model, test_set)  # for the figure and the tracker's table
         figures = run_figures(read_metrics(folder.metrics), answers, test_set, test)
         with saving(folder.logs, safe):
             figure_files = save_figures(figures, folder.logs)
@@ -251,12 +249,11 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
 
     # Data: each split lives on the device as one uint8 tensor; batches are made by indexing it.
     setup_start = time.perf_counter()  # the set-up's seconds, logged: part of a short run's wall time
-    data = load_data(config, accelerator)
-    train_set = data["train"]
+    train_set, val_set, test_set = load_data(config, accelerator)
     # Counted as train_batches cuts an epoch (a last batch too small to share is merged), not by division.
     steps_per_epoch = len(train_batches(len(train_set), config.batch_size, config.seed, 0, rank, world_size))
     batch = str(config.batch_size) if world_size == 1 else f"{world_size} x {config.batch_size} (per process)"
-    log.info(f"data: {len(data['train'])} train / {len(data['val'])} val / {len(data['test'])} test images; "
+    log.info(f"data: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test images; "
              f"validation and test score every image with all 10 addends; {steps_per_epoch} steps per epoch of "
              f"batch {batch} (loaded in {time.perf_counter() - setup_start:.1f}s)")
 
@@ -280,11 +277,11 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
 
     # The step's forward and backward: replayed from a CUDA graph where one can hold it, else eager (adder/step.py).
     eager_because = why_eager(device, world_size, is_compiled(accelerator), config.no_cuda_graph)
+    # cuDNN times its algorithms for each convolution shape once and keeps the fastest: a few seconds at the
+    # first batches, then 0.18 s an epoch on an H200 instead of 0.27 s (docs/experiments.md, "GPU: cuDNN's
+    # autotuning"). No effect on a CPU.
+    torch.backends.cudnn.benchmark = not config.no_cudnn_benchmark
     if device.type == "cuda":  # on a CPU the step is always eager: nothing to say
-        # cuDNN times its algorithms for each convolution shape once and keeps the fastest: a few seconds at the
-        # first batches, then 0.18 s an epoch on an H200 instead of 0.27 s (docs/experiments.md, "GPU: cuDNN's
-        # autotuning").
-        torch.backends.cudnn.benchmark = not config.no_cudnn_benchmark
         step_kind = f"eager ({eager_because})" if eager_because else "a CUDA graph, captured at the first batch"
         algorithms = ("heuristics (--no_cudnn_benchmark)" if config.no_cudnn_benchmark
                       else "timed per shape (cudnn.benchmark)")
@@ -306,49 +303,45 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         model.train()
         epoch_start, started_at = time.perf_counter(), time.time()
         batches = train_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size, device)
-        window_loss, epoch_loss = torch.zeros((), device=device), torch.zeros((), device=device)
-        steps_in_window = 0
+        step_losses, logged_steps = torch.zeros(len(batches), device=device), 0  # read by the host at log points
         # The bar on a terminal only (disable=None): redirected to a file, it would write a line per update.
         progress_bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                             disable=None if accelerator.is_local_main_process else True)
         for step, index in enumerate(progress_bar, start=1):
-            # Fresh gradients in the parameters' .grad: zeroed and refilled each step, or overwritten in place
-            # by the CUDA graph's replay (adder/step.py).
-            loss = forward_backward(index, epoch)
+            # No optimizer.zero_grad(): the step zeroes and refills .grad itself, or the CUDA graph's replay
+            # overwrites it in place (adder/step.py).
+            step_losses[step - 1] = forward_backward(index, epoch)  # copied at once: a replay overwrites it
             optimizer.step()
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(raw_model)
             global_step += 1
-            window_loss += loss
-            steps_in_window += 1
             if step % config.log_every == 0 or step == len(batches):
                 # A host sync every log_every steps, the inner loop's only one by default (--ema_decay and fp16's
                 # loss scaling add one a step); all processes see the same value.
-                mean_loss = accelerator.reduce(window_loss, "mean").item() / steps_in_window
-                epoch_loss += window_loss
-                window_loss.zero_()
-                steps_in_window = 0
+                mean_loss = accelerator.reduce(step_losses[logged_steps:step].mean(), "mean").item()
+                logged_steps = step
                 if not math.isfinite(mean_loss):
                     raise RunFailed(f"training loss is {mean_loss} at epoch {epoch} step {step}; stopping. "
                                     f"best.pt and the saved training states keep the last good model.")
                 accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0],
                                  "epoch": epoch}, step=global_step)
         train_seconds = time.perf_counter() - epoch_start
-        train_loss = accelerator.reduce(epoch_loss, "mean").item() / len(batches)
+        train_loss = accelerator.reduce(step_losses.mean(), "mean").item()
 
         # DDP runs each forward with rank 0's BatchNorm statistics, but every process's last update of them
         # stays local; taking rank 0's here makes all processes validate (and a resumed run continue) the same
         # model.
         broadcast(list(eval_model.buffers()), from_process=0)
-        val = evaluate(eval_model, data["val"], rank=rank, world_size=world_size)
+        val = evaluate(eval_model, val_set, rank=rank, world_size=world_size)
+        val_scalars = scalars(val)
         improved = val["joint_acc"] > best["joint_acc"]
         epochs_done = epoch - start_epoch + 1
         eta = (time.perf_counter() - run_start) / epochs_done * (config.epochs - epoch)
         log.info(f"epoch {epoch:2d}/{config.epochs}  val: {format_metrics(val)}  ({train_seconds:.1f}s train, "
                  f"{time.perf_counter() - epoch_start:.1f}s total, run ETA {tqdm.format_interval(eta)})"
                  f"{'  -> best.pt' if improved else ''}")
-        accelerator.log({f"val/{k}": v for k, v in scalars(val).items()} | {"epoch": epoch}, step=global_step)
+        accelerator.log({f"val/{k}": v for k, v in val_scalars.items()} | {"epoch": epoch}, step=global_step)
         safe = still_safe(best["epoch"], saved_epoch=epoch - 1)
         with all_or_none(accelerator, RunFailed, RunFailed):  # the main process writes alone; a failure stops all
             if accelerator.is_main_process:
@@ -357,13 +350,13 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                 epoch_rows.append({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
                                    "train_loss": train_loss, "train_seconds": train_seconds,
                                    "started_at": round(started_at, 3), "validated_at": round(time.time(), 3)}
-                                  | {f"val_{k}": v for k, v in scalars(val).items()})
+                                  | {f"val_{k}": v for k, v in val_scalars.items()})
                 with saving(folder.metrics, safe):
                     atomic_write_text(folder.metrics, "".join(json.dumps(row) + "\n" for row in epoch_rows))
                 if improved:
                     with saving(folder.best, safe):
                         save_checkpoint(folder.best, eval_model, train_config=config.to_dict(), epoch=epoch,
-                                        val_metrics=scalars(val))
+                                        val_metrics=val_scalars)
         if improved:
             best = {"epoch": epoch, "joint_acc": val["joint_acc"]}
         # Safe now: best.pt as just written (this epoch's model if it improved), and the previous state.
@@ -373,7 +366,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     accelerator.wait_for_everyone()
     log.info(f"training done in {time.perf_counter() - run_start:.1f}s")
 
-    final_report(config, folder, accelerator, data["test"], tracking, global_step, log)
+    final_report(config, folder, accelerator, test_set, tracking, global_step, log)
     log.info(f"the model: {folder.best} (python evaluate.py --ckpt {shlex.quote(str(folder.best))})")
 
 

@@ -1,7 +1,7 @@
 """MNIST as (image, addend) pairs, held whole on the training device.
 
 Representation
-    image   uint8 1x28x28 on the device; turned into float, normalised with MNIST's mean/std per batch
+    image   uint8 28x28 on the device; per batch, float 1x28x28 normalised with MNIST's mean/std
     addend  int64 0..9 (the model one-hot encodes it)
     digit   int64 0..9, the label of the image
     sum     int64 0..18 = digit + addend, a class index for the 19-way sum head

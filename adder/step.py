@@ -78,9 +78,10 @@ class ForwardBackward:
             return self.graph_loss
         # Eager. Once a graph exists, the gradients must stay in the tensors it writes: zeroed, not dropped.
         self.model.zero_grad(set_to_none=self.graph is None)
-        return self.forward_backward(index, epoch)
+        return self.launch(index, epoch)
 
-    def forward_backward(self, index: torch.Tensor, epoch: int | torch.Tensor) -> torch.Tensor:
+    def launch(self, index: torch.Tensor, epoch: int | torch.Tensor) -> torch.Tensor:
+        """The step's kernels, launched one by one: an eager step, a warm-up, or what the capture records."""
         images, addends, digits, sums = self.data.train_batch(index, self.seed, epoch, self.augment)
         digit_logits, sum_logits = self.model(images.contiguous(memory_format=torch.channels_last), addends)
         loss = self.loss_fn(digit_logits, sum_logits, digits, sums)
@@ -101,13 +102,13 @@ class ForwardBackward:
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_STEPS):
                     self.model.zero_grad(set_to_none=True)
-                    self.forward_backward(self.graph_index, self.graph_epoch)
+                    self.launch(self.graph_index, self.graph_epoch)
             torch.cuda.current_stream().wait_stream(side)
             self.model.zero_grad(set_to_none=True)  # the captured backward allocates the gradients it writes
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
-                    self.graph_loss = self.forward_backward(self.graph_index, self.graph_epoch)
+                    self.graph_loss = self.launch(self.graph_index, self.graph_epoch)
             except RuntimeError as err:  # the same step ran eagerly just above: the capture itself failed
                 raise CaptureFailed(f"capturing the training step in a CUDA graph failed ({first_line(err)}); "
                                     f"--no_cuda_graph launches its kernels one by one instead") from err
