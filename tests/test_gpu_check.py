@@ -110,7 +110,7 @@ def test_steps_the_budget_has_no_room_for_are_skipped_with_a_note(tiny_mnist, tm
     ("gpu_search.sh", ["record", "{data}/nowhere", "{out}"], "MNIST/raw not found"),
     ("gpu_search.sh", ["levers", "{data}", "{out}", "--budget", "soon"], "--budget takes a number of seconds"),
     ("gpu_search.sh", ["levers", "{data}", "{out}", "--recipes", "e40,e1000"],
-     "no recipe e1000; the recipes are: e60_ema e40"),
+     "no recipe e1000; the recipes are: e60_aug e60_ema e40"),
     ("gpu_search.sh", ["levers", "{data}", "{out}", "--recipes"], "--recipes takes names separated by commas"),
     ("gpu_search.sh", ["record", "{data}", "{out}", "--recipes", "e40"],
      "--recipes chooses among the levers part's recipes"),
