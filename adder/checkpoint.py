@@ -97,9 +97,8 @@ def read_checkpoint(path: str | Path) -> dict:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a file that is not a torch checkpoint can fail in any part of the unpickler
         # weights_only accepts only tensors and plain containers: a pickle that would call anything else ends here.
-        if called := would_call(err):
-            raise CheckpointError(f"{path}: refused to load: it would call {called}, and a checkpoint holds "
-                                  f"only weights (nothing from the file ran)") from err
+        if would_call(err):
+            raise CheckpointError(f"{path}: refused to load: {first_line(err)}") from err
         raise CheckpointError(not_readable) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an MNIST Adder checkpoint")

@@ -12,7 +12,6 @@ import contextlib
 import os
 import platform
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +63,7 @@ def first_failure(accelerator, failure: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def all_or_none(accelerator, catch, raise_as, describe: Callable[[BaseException], str] = str):
+def all_or_none(accelerator, catch, raise_as):
     """Runs the block on every process; if it raised `catch` on any of them, every process raises `raise_as`
     with the first failure's message (first_failure): all stop together, or none does. Other exceptions pass
     through on their own process only, as any error would."""
@@ -72,7 +71,7 @@ def all_or_none(accelerator, catch, raise_as, describe: Callable[[BaseException]
     try:
         yield
     except catch as err:
-        failure = describe(err) or type(err).__name__  # an empty message must still stop the run
+        failure = str(err) or type(err).__name__  # an empty message must still stop the run
     if failure := first_failure(accelerator, failure):
         raise raise_as(failure)
 
