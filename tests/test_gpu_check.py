@@ -68,7 +68,8 @@ def test_every_seed_is_tabled_and_reproduced_by_evaluate(smoke):
     assert [run["seed"] for run in table["runs"]] == [42, 1] and table["record_seed"] == 42
     for run in table["runs"]:
         assert run["outcome"] == "ok" and run["evaluate_outcome"] == "ok"
-        assert run["evaluate_reproduced"] is True and run["evaluate_counts"]["pairs"] == 510
+        assert run["evaluate_counts"] == run["test_counts"] and run["evaluate_counts"]["pairs"] == 510
+        assert run["evaluate_reproduced"] is True
         assert run["best_epoch"] in (1, 2) and run["epochs"] == 2 and run["gpu"] is None
         assert run["wall_s"] > 0 and run["steady_epoch_s"] > 0
         assert all(0 <= run[f"test_{name}"] <= 1 for name in ("digit_acc", "sum_acc", "joint_acc", "consistency"))
@@ -82,14 +83,14 @@ def test_every_seed_is_tabled_and_reproduced_by_evaluate(smoke):
     assert 0 < outside < record["wall_s"] - sum(epoch["train_seconds"] for epoch in epochs)
     assert record["seconds_to_val_joint_99_0"] is None  # the tiny task never gets there
     eager = table["eager_step_run"]  # on the CPU the default step is eager too: the same run as the record's
-    assert eager["outcome"] == "ok" and eager["evaluate_reproduced"] is True
+    assert eager["outcome"] == "ok" and eager["evaluate_counts"] == eager["test_counts"]
     assert eager["test_counts"] == record["test_counts"]
 
 
 def test_two_processes_give_the_counts_of_one(smoke):
     check = json.loads((smoke / "two_processes.json").read_text())
     assert check["outcome"] == "ok" and check["two_processes"]["pairs"] == 510
-    assert check["identical"] is True
+    assert check["two_processes"] == check["one_process"] and check["identical"] is True
 
 
 def test_steps_the_budget_has_no_room_for_are_skipped_with_a_note(tiny_mnist, tmp_path):

@@ -37,7 +37,9 @@ def test_sum_depends_on_the_addend():
 
 
 def test_default_model_fits_the_parameter_budget():
-    assert count_parameters(AdderNet()) == 47_261  # README's count; the budget is 50,000
+    parameters = count_parameters(AdderNet())
+    assert parameters <= 50_000
+    assert parameters == 47_261  # the count README.md and best.pt's log state
 
 
 @pytest.mark.parametrize("images, addends, message", [

@@ -16,9 +16,11 @@ def test_each_optimizer_gets_its_settings():
     params = [torch.nn.Parameter(torch.zeros(3))]
     sgd = build_optimizer("sgd", params, 0.1, 5e-4)
     assert isinstance(sgd, torch.optim.SGD)
-    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 5e-4
+    assert sgd.defaults["lr"] == 0.1 and sgd.defaults["weight_decay"] == 5e-4
+    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
     adamw = build_optimizer("adamw", params, 4e-3, 1e-4)
-    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["lr"] == 4e-3
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.defaults["lr"] == 4e-3 and adamw.defaults["weight_decay"] == 1e-4  # not torch's own 0.01
     with pytest.raises(ValueError, match="optimizer must be one of"):
         build_optimizer("adam", params, 1e-3, 0.0)
 

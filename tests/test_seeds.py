@@ -7,7 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from adder.checkpoint import load_model
+from adder.data import DeviceMNIST, load_mnist
+from adder.evaluation import evaluate
 from conftest import NO_GPU, ROOT, TINY_MODEL
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -65,7 +69,19 @@ def test_an_ensemble_of_one_scores_as_its_model_and_every_ensemble_is_tabled(two
     alone = [json.loads((out / f"seed_{seed}" / "logs" / "test_metrics.json").read_text())["joint_acc"]
              for seed in (4, 3)]
     assert by_size["1"] == pytest.approx(alone, abs=1e-6)  # each model's own test report (510 pairs)
-    assert len(by_size["2"]) == 1 and 0 <= by_size["2"][0] <= 1
+    # The pair, scored by the project's own evaluation of a module that averages the two models' probabilities.
+    class MeanProbabilities(torch.nn.Module):
+        def __init__(self, paths):
+            super().__init__()
+            self.members = torch.nn.ModuleList(load_model(path)[0] for path in paths)
+
+        def forward(self, images, addends):
+            answers = [member(images, addends) for member in self.members]
+            return tuple(torch.stack([head.softmax(-1) for head in heads]).mean(0).log() for heads in zip(*answers))
+
+    test_set = DeviceMNIST(*load_mnist(tiny_mnist, train=False))
+    pair = evaluate(MeanProbabilities(checkpoints), test_set)["joint_acc"]
+    assert by_size["2"] == pytest.approx([pair], abs=1e-6)
 
 
 def test_time_to_accuracy_counts_from_the_launch_to_the_first_epoch_at_the_milestone():

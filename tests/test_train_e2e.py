@@ -73,7 +73,7 @@ def test_two_process_training_writes_a_self_describing_best_pt(two_process_run):
     epochs = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert epochs[0]["validated_at"] < epochs[1]["validated_at"] < epochs[2]["validated_at"]  # the time-to-accuracy clock
-    # best.pt is the first epoch with the best validation accuracy: a later tie does not replace it.
+    # best.pt is the epoch with the best validation accuracy (should epochs tie, the first of them).
     best = max(e["val_joint_acc"] for e in epochs)
     assert ckpt["epoch"] == next(e["epoch"] for e in epochs if e["val_joint_acc"] == best)
     assert ckpt["val_metrics"]["joint_acc"] == best

@@ -19,6 +19,7 @@ import pytest
 import torch
 from wandb.proto import wandb_internal_pb2
 
+from adder.config import OPTIMIZER_DEFAULTS
 from adder.hardware import cpu_has_native_bf16
 from conftest import FAST, NO_GPU, free_port, run_cli
 
@@ -160,7 +161,7 @@ def test_best_pt_is_logged_as_a_model_artifact(offline_run):
 def test_config_holds_the_resolved_settings_and_the_environment(offline_run):
     config = offline_run.config
     assert config["optimizer"] == "adamw" and config["lr"] == 0.03
-    assert config["weight_decay"] is not None  # the optimizer's default, filled in
+    assert config["weight_decay"] == OPTIMIZER_DEFAULTS["adamw"]["weight_decay"]  # filled in for the optimiser
     environment = config["environment"]
     assert environment["torch"] == torch.__version__ and environment["device"] == "cpu"
     # The launch leaves --mixed_precision out: the CPU's own choice, bf16 only where this CPU has it natively.
