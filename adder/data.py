@@ -247,8 +247,8 @@ def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
     Every process therefore takes the same number of steps (DDP needs that) and nothing is padded or
     dropped. The epoch's last global batch is the remainder (216 images of 55,000 at batch 512), merged into
     the one before when it would leave a process fewer than two images. The shuffle is drawn on the CPU
-    (the same on every device) and moved to `device` once per epoch. (A DataLoader prepared by accelerate would instead pad
-    the last batch with repeated images, so that some images would be seen twice per epoch.)
+    (the same on every device) and moved to `device` once per epoch. (A DataLoader prepared by accelerate
+    would instead pad the last batch with repeated images, so that some images would be seen twice per epoch.)
     """
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(device)
     global_batches = list(order.split(batch_size * world_size))
