@@ -40,7 +40,7 @@ from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, split_train_val, train_batches
 from adder.ema import moving_average
 from adder.evaluation import evaluate, one_addend_predictions, reproducible_convolutions
-from adder.hardware import PlacementError, all_or_none, cpu_name, first_failure, place_run
+from adder.hardware import Placement, PlacementError, all_or_none, cpu_name, first_failure, place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
 from adder.model import AdderNet, ShiftAveraged, count_parameters
@@ -370,6 +370,26 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     log.info(f"the model: {folder.best} (python evaluate.py --ckpt {shlex.quote(str(folder.best))})")
 
 
+def log_launch(log: logging.Logger, accelerator: Accelerator, placement: Placement, config: TrainConfig,
+               argv: list[str] | None) -> None:
+    """The run's first lines: the command, where it runs and how, and anything that will make it slow or quiet."""
+    log.info(f"command: {shlex.join(sys.argv if argv is None else ['train.py', *argv])}")  # argv: from a benchmark
+    device = accelerator.device
+    log.info(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()}), "
+             f"{accelerator.num_processes} process(es), mixed precision: {accelerator.mixed_precision}")
+    log.info(f"process started {seconds_since_process_start():.1f}s ago (interpreter, imports, Accelerator"
+             f"{', CUDA' if device.type == 'cuda' else ''})")
+    if is_compiled(accelerator):
+        dynamo = accelerator.state.dynamo_plugin
+        log.info(f"torch.compile: backend {dynamo.backend.value.lower()}, mode {dynamo.mode}")
+    if placement.note:
+        log.info(placement.note)
+    if placement.warning:
+        log.warning(f"warning: {placement.warning}")
+    if config.report_to == "wandb" and not accelerator.log_with:
+        log.warning("wandb is not installed: tracking is off (pip install wandb, or --report_to none to silence this)")
+
+
 def main(argv=None) -> int:
     config = parse_config(argv, __doc__)
     folder = RunFolder(config.output_dir)
@@ -399,21 +419,7 @@ def main(argv=None) -> int:
         accelerator.end_training()
         sys.exit(f"error: {refusal}" if accelerator.is_main_process else 1)
     log = console_log(folder.logs / "console.log", accelerator.is_main_process)
-    log.info(f"command: {shlex.join(sys.argv if argv is None else ['train.py', *argv])}")  # argv: from a benchmark
-    device = accelerator.device
-    log.info(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()}), "
-             f"{accelerator.num_processes} process(es), mixed precision: {accelerator.mixed_precision}")
-    log.info(f"process started {seconds_since_process_start():.1f}s ago (interpreter, imports, Accelerator"
-             f"{', CUDA' if device.type == 'cuda' else ''})")
-    if is_compiled(accelerator):
-        dynamo = accelerator.state.dynamo_plugin
-        log.info(f"torch.compile: backend {dynamo.backend.value.lower()}, mode {dynamo.mode}")
-    if placement.note:
-        log.info(placement.note)
-    if placement.warning:
-        log.warning(f"warning: {placement.warning}")
-    if config.report_to == "wandb" and not accelerator.log_with:
-        log.warning("wandb is not installed: tracking is off (pip install wandb, or --report_to none to silence this)")
+    log_launch(log, accelerator, placement, config, argv)
 
     try:
         train(config, folder, accelerator, log)
