@@ -53,8 +53,8 @@ mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
 cd "$(dirname "$0")/.."
 
 # Accuracy levers, in the order they run: "TIME_LIMIT_S NAME TRAIN.PY FLAGS...". e60_aug is not yet measured
-# on a GPU: on a CPU (seeds 6-10) it had the highest test mean of any single network, 99.66 %, but validation
-# did not prefer it (docs/experiments.md, "Sixty epochs with stronger augmentation"). The other two were
+# on a GPU: on a CPU (seeds 1-10) it had the highest test mean of any single network, 99.66 %, with the
+# default's validation mean (docs/experiments.md, "Sixty epochs with stronger augmentation"). The other two were
 # measured on an H200 on 2026-11-28 ("GPU: cuDNN's autotuning"): 60 epochs with the moving average lead on
 # validation (99.62 %), level with the default on test; 40 epochs no better.
 # The limits: a graph-replayed run keeps the card about 90 % busy, so five at once queue for it; about five
