@@ -35,17 +35,18 @@ from accelerate.utils import broadcast, broadcast_object_list, gather_object, se
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from adder.checkpoint import CheckpointError, atomic_write_text, load_model, read_checkpoint, save_checkpoint
+from adder.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, split_train_val, train_batches
 from adder.ema import moving_average
 from adder.evaluation import evaluate, one_addend_predictions, reproducible_convolutions
+from adder.files import atomic_write_text, read_metrics
 from adder.hardware import Placement, PlacementError, all_or_none, cpu_name, first_failure, place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
 from adder.model import AdderNet, ShiftAveraged, count_parameters
 from adder.optim import build_optimizer
-from adder.plots import read_metrics, run_figures, save_figures
+from adder.plots import run_figures, save_figures
 from adder.step import CaptureFailed, ForwardBackward, why_eager
 from adder.tracking import Tracking
 from adder.training_state import (ResumeError, changed_settings, is_compiled, load_training_state, resolve_state,

@@ -1,4 +1,4 @@
-"""best.pt: a self-describing model file, written atomically and read as untrusted input; atomic file writes.
+"""best.pt: a self-describing model file, written atomically and read as untrusted input.
 
 A checkpoint holds everything needed to rebuild the model from the file alone: the format version, the
 model config, the weights, and for the record the training config, epoch and validation metrics.
@@ -7,13 +7,13 @@ model config, the weights, and for the record the training config, epoch and val
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
 from adder.errors import first_line, would_call
+from adder.files import atomic_write
 from adder.model import AdderNet, ModelConfig
 
 FORMAT = "mnist-adder"
@@ -24,45 +24,6 @@ CONTENTS = ("model_config", "model_state", "train_config", "epoch", "val_metrics
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message says why."""
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """write(f) into a temporary file beside `path`, flushed to disk, then renamed over `path`:
-    a crash at any moment leaves either the old file or the new one, never half of one. A failed write
-    (a full disk) removes the temporary file and raises the OSError."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        sync_to_disk(path.parent)  # the new name too
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def sync_to_disk(*paths: Path) -> None:
-    """fsync each path: a file's contents, or a folder's entries (the names in it), so that they survive a
-    machine that stops without flushing its cache (a pre-empted VM). For a folder only where it can be done:
-    some network filesystems refuse, and Windows opens no folder."""
-    for path in paths:
-        folder = path.is_dir()
-        try:
-            fd = os.open(path, os.O_RDONLY if folder or os.name == "posix" else os.O_RDWR)  # Windows: write access
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            if not folder:
-                raise
 
 
 def save_checkpoint(path, model: AdderNet, *, train_config: dict, epoch: int, val_metrics: dict) -> None:

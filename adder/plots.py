@@ -9,7 +9,6 @@ RUN_DIR is a train.py --output_dir (it holds best.pt and logs/metrics.jsonl); th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,10 +23,7 @@ from adder.checkpoint import CheckpointError, load_model  # noqa: E402
 from adder.config import TrainConfig  # noqa: E402
 from adder.data import DataError, DeviceMNIST, load_mnist  # noqa: E402
 from adder.evaluation import evaluate, one_addend_predictions  # noqa: E402
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from adder.files import read_metrics  # noqa: E402
 
 
 def curves_figure(epochs: list[dict]) -> plt.Figure:

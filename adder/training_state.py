@@ -32,7 +32,7 @@ from accelerate.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, DynamoBackend
 from safetensors import SafetensorError
 from torch.optim.swa_utils import AveragedModel
 
-from adder.checkpoint import atomic_write_text, sync_to_disk
+from adder.files import atomic_write_text, sync_to_disk
 from adder.config import TrainConfig
 from adder.errors import first_line
 from adder.hardware import first_failure

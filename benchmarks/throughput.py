@@ -60,7 +60,7 @@ from torchvision.datasets import MNIST
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
-from adder.checkpoint import atomic_write_text  # noqa: E402
+from adder.files import atomic_write_text  # noqa: E402
 from adder.config import TrainConfig, parse_config  # noqa: E402
 from adder.data import MNIST_MEAN, MNIST_STD, DataError, load_mnist  # noqa: E402
 from adder.hardware import cpu_name  # noqa: E402
