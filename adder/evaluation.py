@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -23,6 +25,17 @@ def reproducible_convolutions():
     return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """`model` in eval mode (batch norm on its running statistics) inside, in the mode it was found in after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceMNIST, *, batch_size: int = 1000, rank: int = 0,
              world_size: int = 1) -> dict:
@@ -36,22 +49,20 @@ def evaluate(model: nn.Module, data: DeviceMNIST, *, batch_size: int = 1000, ran
     precision (accelerate wraps its forward in autocast, and unwrap_model keeps that wrapper), a model rebuilt
     from best.pt in fp32. The model is left in the mode it was found in.
     """
-    was_training = model.training
-    model.eval()
     metrics = AdderMetrics().to(data.device)
-    for index in eval_batches(len(data), batch_size, rank, world_size):
-        images, addends, digits = data.eval_batch(index.to(data.device))
-        images = images.contiguous(memory_format=torch.channels_last)
-        digit_logits, sum_logits = model(images, addends)  # (B, 10), (B, 10 addends, 19)
-        # One row per pair: the digit answer is shared by an image's ten pairs.
-        pair_digit_logits = digit_logits.float().repeat_interleave(NUM_ADDENDS, 0)
-        pair_digits = digits.repeat_interleave(NUM_ADDENDS)
-        pair_addends = addends.reshape(-1)
-        pair_sums = pair_digits + pair_addends
-        pair_sum_logits = sum_logits.float().reshape(-1, sum_logits.shape[-1])
-        losses = EVAL_LOSS(pair_digit_logits, pair_sum_logits, pair_digits, pair_sums, reduction="none")
-        metrics.update(pair_digit_logits, pair_sum_logits, pair_addends, pair_digits, pair_sums, losses)
-    model.train(was_training)
+    with eval_mode(model):
+        for index in eval_batches(len(data), batch_size, rank, world_size):
+            images, addends, digits = data.eval_batch(index.to(data.device))
+            images = images.contiguous(memory_format=torch.channels_last)
+            digit_logits, sum_logits = model(images, addends)  # (B, 10), (B, 10 addends, 19)
+            # One row per pair: the digit answer is shared by an image's ten pairs.
+            pair_digit_logits = digit_logits.float().repeat_interleave(NUM_ADDENDS, 0)
+            pair_digits = digits.repeat_interleave(NUM_ADDENDS)
+            pair_addends = addends.reshape(-1)
+            pair_sums = pair_digits + pair_addends
+            pair_sum_logits = sum_logits.float().reshape(-1, sum_logits.shape[-1])
+            losses = EVAL_LOSS(pair_digit_logits, pair_sum_logits, pair_digits, pair_sums, reduction="none")
+            metrics.update(pair_digit_logits, pair_sum_logits, pair_addends, pair_digits, pair_sums, losses)
     return metrics.compute()
 
 
@@ -60,16 +71,14 @@ def one_addend_predictions(model: nn.Module, test_set: DeviceMNIST, seed: int = 
     """Each test image with one random addend, scored by `model` (on the images' device): CPU tensors by
     column name. The probabilities are the model's softmax probabilities of the answers it gives. The
     model is left in the mode it was found in."""
-    was_training = model.training
-    model.eval()
     addends = torch.randint(0, NUM_ADDENDS, (len(test_set),), generator=torch.Generator().manual_seed(seed))
     digit_probs, sum_probs = [], []
-    for index in torch.arange(len(test_set)).split(1000):
-        images, _, _ = test_set.eval_batch(index.to(test_set.device))
-        digit_logits, sum_logits = model(images, addends[index].to(test_set.device))
-        digit_probs.append(digit_logits.float().softmax(-1).cpu())
-        sum_probs.append(sum_logits.float().softmax(-1).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for index in torch.arange(len(test_set)).split(1000):
+            images, _, _ = test_set.eval_batch(index.to(test_set.device))
+            digit_logits, sum_logits = model(images, addends[index].to(test_set.device))
+            digit_probs.append(digit_logits.float().softmax(-1).cpu())
+            sum_probs.append(sum_logits.float().softmax(-1).cpu())
     digit_probability, predicted_digit = torch.cat(digit_probs).max(-1)
     sum_probability, predicted_sum = torch.cat(sum_probs).max(-1)
     digits = test_set.labels.cpu()

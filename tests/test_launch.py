@@ -15,7 +15,7 @@ from accelerate.utils import DynamoBackend
 from adder.checkpoint import load_model, save_checkpoint
 from adder.config import TrainConfig
 from adder.data import DeviceMNIST
-from adder.evaluation import evaluate
+from adder.evaluation import evaluate, one_addend_predictions
 from adder.hardware import PlacementError, all_or_none, choose_placement, cpu_has_native_bf16
 from adder.model import AdderNet, ModelConfig
 from adder.training_state import (EMA_FILE, MUST_MATCH, PROGRESS_FILE, ResumeError, check_settings,
@@ -58,13 +58,14 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert not cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f avx512_vnni")
 
 
-def test_evaluate_leaves_the_model_in_the_mode_it_found():
+@pytest.mark.parametrize("score", [evaluate, one_addend_predictions])
+def test_scoring_leaves_the_model_in_the_mode_it_found(score):
     data = DeviceMNIST(torch.randint(0, 255, (6, 28, 28), dtype=torch.uint8), torch.arange(6))
     model = AdderNet(ModelConfig(widths=[[4], [4], [4]]))
     for training in (True, False):
         model.train(training)
-        evaluate(model, data)
-        assert model.training == training
+        score(model, data)
+        assert model.training == training and all(m.training == training for m in model.modules())
 
 
 @pytest.fixture(scope="module")
