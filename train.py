@@ -324,7 +324,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                 logged_steps = step
                 if not math.isfinite(mean_loss):
                     raise RunFailed(f"training loss is {mean_loss} at epoch {epoch} step {step}; stopping. "
-                                    f"best.pt and the saved training states keep the last good model.")
+                                    f"Still safe: {still_safe(best['epoch'], saved_epoch=epoch - 1)}.")
                 accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0],
                                  "epoch": epoch}, step=global_step)
         train_seconds = time.perf_counter() - epoch_start
@@ -335,6 +335,11 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         # model.
         broadcast(list(eval_model.buffers()), from_process=0)
         val = evaluate(eval_model, val_set, rank=rank, world_size=world_size)
+        if not math.isfinite(val["loss"]):
+            # The training loss is read before each step, so weights that an epoch's last steps blew up show
+            # here first; they must not become best.pt or a state to resume from.
+            raise RunFailed(f"validation loss is {val['loss']} after epoch {epoch}: the weights diverged; stopping. "
+                            f"Still safe: {still_safe(best['epoch'], saved_epoch=epoch - 1)}.")
         val_scalars = scalars(val)
         improved = val["joint_acc"] > best["joint_acc"]
         epochs_done = epoch - start_epoch + 1

@@ -288,6 +288,15 @@ def test_bad_training_arguments_get_one_clear_error(tiny_mnist, tmp_path, args, 
     assert "Traceback" not in result.stderr
 
 
+def test_weights_that_diverge_in_an_epochs_last_step_are_never_saved(tiny_mnist, tmp_path):
+    # One step an epoch: the step's loss is finite (it is read before the update), the weights after it are not.
+    result = train(tiny_mnist, tmp_path, "--batch_size", "500", "--lr", "1e30", "--epochs", "2", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: validation loss is nan after epoch 1: the weights diverged; stopping. Still safe: nothing yet." \
+        in result.stderr.splitlines()
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "checkpoints").exists()
+
+
 def test_a_state_folder_that_is_not_one_is_refused(tmp_path):
     # The same refusal as "latest" with nothing saved, above: train.py prints the ResumeError's message.
     (tmp_path / "epoch_001").mkdir()  # a folder, but no saved state in it
