@@ -28,12 +28,22 @@ def test_all_addends_at_once_match_one_by_one(sum_head):
         torch.testing.assert_close(digit_one, digit_logits)
 
 
-def test_sum_depends_on_the_addend():
+def test_the_outer_head_holds_the_addition_table_in_one_linear_layer():
+    # What the outer head is for: with one weight per (digit, addend) combination set to the table, digit
+    # logits that name digit d give the sum d + a for every addend a; a head that lost either input could not.
     model = AdderNet().eval()
-    images = torch.randn(2, 1, 28, 28)
-    _, sum_0 = model(images, torch.zeros(2, dtype=torch.long))
-    _, sum_7 = model(images, torch.full((2,), 7))
-    assert not torch.allclose(sum_0, sum_7)
+    digits, addends = torch.arange(10).repeat_interleave(10), torch.arange(10).repeat(10)  # all 100 pairs
+    with torch.no_grad():
+        model.digit_head.weight.zero_().diagonal().fill_(1.0)  # logit d = feature d
+        model.digit_head.bias.zero_()
+        table = (digits + addends).unsqueeze(0) == torch.arange(NUM_SUMS).unsqueeze(1)  # (19, 100)
+        model.sum_head.weight.copy_(table.float())
+        model.sum_head.bias.zero_()
+    features = torch.zeros(100, model.digit_head.in_features)
+    features[torch.arange(100), digits] = 5.0
+    digit_logits, sum_logits = model.heads(features, addends)
+    assert torch.equal(digit_logits.argmax(-1), digits)
+    assert torch.equal(sum_logits.argmax(-1), digits + addends)
 
 
 def test_default_model_fits_the_parameter_budget():
