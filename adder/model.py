@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NUM_DIGITS, NUM_SUMS = 10, 19
+NUM_DIGITS, NUM_ADDENDS, NUM_SUMS = 10, 10, 19
 SUM_HEADS = ("outer", "concat_probs", "concat_features")
 OUTER_GAIN = 10.0
 
@@ -69,11 +69,11 @@ class AdderNet(nn.Module):
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.digit_head = nn.Linear(channels, NUM_DIGITS)
         if self.config.sum_head == "outer":
-            self.sum_head = nn.Linear(NUM_DIGITS * NUM_DIGITS, NUM_SUMS)
+            self.sum_head = nn.Linear(NUM_DIGITS * NUM_ADDENDS, NUM_SUMS)
         else:
             read_size = NUM_DIGITS if self.config.sum_head == "concat_probs" else channels
             self.sum_head = nn.Sequential(
-                nn.Linear(read_size + NUM_DIGITS, self.config.sum_hidden),
+                nn.Linear(read_size + NUM_ADDENDS, self.config.sum_hidden),
                 nn.ReLU(inplace=True),
                 nn.Linear(self.config.sum_hidden, NUM_SUMS),
             )
@@ -103,7 +103,7 @@ class AdderNet(nn.Module):
         read = features if self.config.sum_head == "concat_features" else digit_logits.softmax(-1)
         if addend.dim() == 2:
             read = read.unsqueeze(1).expand(-1, addend.shape[1], -1)
-        addend_one_hot = F.one_hot(addend.long(), NUM_DIGITS).to(read.dtype)
+        addend_one_hot = F.one_hot(addend.long(), NUM_ADDENDS).to(read.dtype)
         if self.config.sum_head == "outer":
             # The entries of p_digit x e_addend lie in [0, 1] and sum to 1: each sum logit is a weighted mean of
             # the weights of the combinations, and each weight's gradient is scaled by its combination's share.
