@@ -399,10 +399,6 @@ def log_launch(log: logging.Logger, accelerator: Accelerator, placement: Placeme
 def main(argv=None) -> int:
     config = parse_config(argv, __doc__)
     folder = RunFolder(config.output_dir)
-    if config.resume_from_checkpoint is None and folder.holds_a_run():
-        # Never overwrite a model the user already has: a new run needs a new place.
-        sys.exit(f"error: {folder.root.resolve()} already holds a run (best.pt or checkpoints/). Continue it with "
-                 f"--resume_from_checkpoint latest, or start a new one with --output_dir NEW_DIR.")
 
     try:
         placement = place_run(config.cpu, config.mixed_precision)
@@ -415,7 +411,12 @@ def main(argv=None) -> int:
         step_scheduler_with_optimizer=False,  # the schedule counts this process's steps itself
     )
     refusal = None
-    if accelerator.is_main_process:
+    if config.resume_from_checkpoint is None and folder.holds_a_run():
+        # Never overwrite a model the user already has: a new run needs a new place. Checked on every process:
+        # on nodes that do not share a disk, each holds its own part of a run.
+        refusal = (f"{folder.root.resolve()} already holds a run (best.pt or checkpoints/). Continue it with "
+                   f"--resume_from_checkpoint latest, or start a new one with --output_dir NEW_DIR.")
+    elif accelerator.is_main_process:
         try:
             folder.logs.mkdir(parents=True, exist_ok=True)
         except OSError as err:

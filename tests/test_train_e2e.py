@@ -9,7 +9,6 @@ import time
 import pytest
 import torch
 
-import train as train_script
 from adder import plots
 from adder.config import parse_config
 from adder.training_state import ResumeError, resolve_state
@@ -222,20 +221,20 @@ def test_a_new_run_never_overwrites_an_existing_best_pt(two_process_run, tiny_mn
     out, _ = two_process_run
     before = (out / "best.pt").read_bytes()
     log_before = (out / "logs" / "console.log").read_text()
-    # In this process: train.py refuses before it makes an Accelerator; sys.exit's message is the one line the
-    # user sees, with exit status 1.
-    with pytest.raises(SystemExit) as stopped:
-        train_script.main(["--data_dir", str(tiny_mnist), "--output_dir", str(out), "--cpu", *FAST, "--epochs", "1"])
-    assert str(stopped.value.code).startswith(f"error: {out.resolve()} already holds a run")
+    # Both processes find the run and stop together, with one line from the main process.
+    stopped = train(tiny_mnist, out, "--epochs", "1", processes=2, check=False, timeout=120)
+    output = stopped.stdout + stopped.stderr  # the launcher's own report of the failed ranks follows
+    assert stopped.returncode != 0 and 'train.py", line' not in output, output  # no traceback, no hang
+    (error,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: {out.resolve()} already holds a run")
     assert (out / "best.pt").read_bytes() == before
     assert (out / "logs" / "console.log").read_text() == log_before  # the refused run wrote nothing there
 
 
 def test_a_folder_with_only_training_states_is_refused_too(tiny_mnist, tmp_path):
     (tmp_path / "checkpoints").mkdir()  # a run killed before its first best.pt
-    with pytest.raises(SystemExit) as stopped:
-        train_script.main(["--data_dir", str(tiny_mnist), "--output_dir", str(tmp_path), "--cpu", *FAST])
-    assert str(stopped.value.code).startswith(f"error: {tmp_path.resolve()} already holds a run")
+    stopped = train(tiny_mnist, tmp_path, check=False)
+    assert stopped.returncode == 1 and stopped.stderr.startswith(f"error: {tmp_path.resolve()} already holds a run")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoints"]
 
 
