@@ -196,14 +196,14 @@ def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, ema
     one, and load it, or all stop."""
     if config.resume_from_checkpoint is None:
         return 1, 0, {"epoch": 0, "joint_acc": -1.0}
-    with all_or_none(accelerator, ResumeError, RunFailed):
+    with all_or_none(accelerator, ResumeError, raise_as=RunFailed):
         state_dir = resolve_state(config.resume_from_checkpoint, folder.checkpoints)
     names = gather_object([state_dir.name])  # the same state on every node, not a stale copy on one
     if len(set(names)) > 1:
         found = ", ".join(f"{name} on process {rank}" for rank, name in enumerate(names))
         raise RunFailed(f"the processes found different training states ({found}): resuming on several nodes "
                         f"needs the same checkpoints/ folder on each")
-    with all_or_none(accelerator, ResumeError, RunFailed):
+    with all_or_none(accelerator, ResumeError, raise_as=RunFailed):
         progress = load_training_state(accelerator, state_dir, config, ema)
     best = best_so_far(config, folder, accelerator, progress["best"])
     log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {progress['global_step']}, "
@@ -349,7 +349,8 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                  f"{'  -> best.pt' if improved else ''}")
         accelerator.log({f"val/{k}": v for k, v in val_scalars.items()} | {"epoch": epoch}, step=global_step)
         safe = still_safe(best["epoch"], saved_epoch=epoch - 1)
-        with all_or_none(accelerator, RunFailed, RunFailed):  # the main process writes alone; a failure stops all
+        # The main process writes alone; a failed write stops every process.
+        with all_or_none(accelerator, RunFailed, raise_as=RunFailed):
             if accelerator.is_main_process:
                 # started_at and validated_at (Unix seconds) place the epoch between the run's launch and exit:
                 # the time to each accuracy, and the time spent outside the epochs (benchmarks/run_tables.py).

@@ -63,7 +63,7 @@ def first_failure(accelerator, failure: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def all_or_none(accelerator, catch, raise_as):
+def all_or_none(accelerator, catch, *, raise_as):
     """Runs the block on every process; if it raised `catch` on any of them, every process raises `raise_as`
     with the first failure's message (first_failure): all stop together, or none does. Other exceptions pass
     through on their own process only, as any error would."""

@@ -172,16 +172,16 @@ def test_a_damaged_training_state_is_one_error_line(trained_run, tiny_mnist, tmp
 
 def test_all_or_none_raises_what_it_catches_as_one_kind_even_without_a_message():
     one_process = SimpleNamespace(process_index=0)
-    with all_or_none(one_process, ValueError, RuntimeError):
+    with all_or_none(one_process, ValueError, raise_as=RuntimeError):
         pass  # nothing failed: nothing raised
     with pytest.raises(RuntimeError, match="^bad flag$"):
-        with all_or_none(one_process, ValueError, RuntimeError):
+        with all_or_none(one_process, ValueError, raise_as=RuntimeError):
             raise ValueError("bad flag")
     with pytest.raises(RuntimeError, match="^ValueError$"):  # an empty message still stops the run
-        with all_or_none(one_process, ValueError, RuntimeError):
+        with all_or_none(one_process, ValueError, raise_as=RuntimeError):
             raise ValueError()
     with pytest.raises(KeyError):  # not caught: passes through as it is
-        with all_or_none(one_process, ValueError, RuntimeError):
+        with all_or_none(one_process, ValueError, raise_as=RuntimeError):
             raise KeyError("other")
 
 
