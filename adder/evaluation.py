@@ -21,8 +21,9 @@ def reproducible_convolutions():
     """A context in which cuDNN makes its deterministic choice of convolution algorithms, not the one it times
     per shape (cudnn.benchmark, train.py's default on a GPU), whose winners may differ between processes: so
     train.py's test report and evaluate.py's of the same best.pt give the same counts on the same GPU. The
-    choice is cached apart from the timed ones. Nothing changes on a CPU."""
-    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
+    choice is cached apart from the timed ones. Convolutions in fp32 proper, not TF32 (cuDNN's default on
+    Ampere and later, with a 10-bit mantissa): the reports' "fp32" means it. Nothing changes on a CPU."""
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from accelerate.utils import DynamoBackend
 from adder.checkpoint import load_model, save_checkpoint
 from adder.config import TrainConfig
 from adder.data import DeviceMNIST
-from adder.evaluation import evaluate, one_addend_predictions
+from adder.evaluation import evaluate, one_addend_predictions, reproducible_convolutions
 from adder.hardware import PlacementError, all_or_none, choose_placement, cpu_has_native_bf16
 from adder.model import AdderNet, ModelConfig
 from adder.training_state import (EMA_FILE, MUST_MATCH, PROGRESS_FILE, ResumeError, check_settings,
@@ -56,6 +56,14 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f avx512_bf16 amx_tile")
     assert cpu_has_native_bf16("Features\t: fp asimd bf16 i8mm")  # Arm
     assert not cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f avx512_vnni")
+
+
+def test_reports_use_cudnns_deterministic_fp32_convolutions_then_restore_the_settings():
+    cudnn = torch.backends.cudnn
+    before = cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32
+    with reproducible_convolutions():
+        assert (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32) == (False, True, False)
+    assert (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32) == before
 
 
 @pytest.mark.parametrize("score", [evaluate, one_addend_predictions])
