@@ -301,6 +301,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     log.info(f"set-up (data, model, optimiser, tracker) done in {time.perf_counter() - setup_start:.1f}s")
     run_start = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
+        safe = still_safe(best["epoch"], saved_epoch=epoch - 1)  # what a failure in this epoch leaves intact
         model.train()
         epoch_start, started_at = time.perf_counter(), time.time()
         batches = train_batches(len(train_set), config.batch_size, config.seed, epoch, rank, world_size, device)
@@ -324,7 +325,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                 logged_steps = step
                 if not math.isfinite(mean_loss):
                     raise RunFailed(f"training loss is {mean_loss} at epoch {epoch} step {step}; stopping. "
-                                    f"Still safe: {still_safe(best['epoch'], saved_epoch=epoch - 1)}.")
+                                    f"Still safe: {safe}.")
                 accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0],
                                  "epoch": epoch}, step=global_step)
         train_seconds = time.perf_counter() - epoch_start
@@ -339,7 +340,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
             # The training loss is read before each step, so weights that an epoch's last steps blew up show
             # here first; they must not become best.pt or a state to resume from.
             raise RunFailed(f"validation loss is {val['loss']} after epoch {epoch}: the weights diverged; stopping. "
-                            f"Still safe: {still_safe(best['epoch'], saved_epoch=epoch - 1)}.")
+                            f"Still safe: {safe}.")
         val_scalars = scalars(val)
         improved = val["joint_acc"] > best["joint_acc"]
         epochs_done = epoch - start_epoch + 1
@@ -348,7 +349,6 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                  f"{time.perf_counter() - epoch_start:.1f}s total, run ETA {tqdm.format_interval(eta)})"
                  f"{'  -> best.pt' if improved else ''}")
         accelerator.log({f"val/{k}": v for k, v in val_scalars.items()} | {"epoch": epoch}, step=global_step)
-        safe = still_safe(best["epoch"], saved_epoch=epoch - 1)
         # The main process writes alone; a failed write stops every process.
         with all_or_none(accelerator, RunFailed, raise_as=RunFailed):
             if accelerator.is_main_process:
