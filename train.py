@@ -212,9 +212,10 @@ def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, ema
 
 
 def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, test_set: DeviceMNIST,
-                 tracking: Tracking, global_step: int, log: logging.Logger) -> None:
+                 epoch_rows: list[dict], tracking: Tracking, global_step: int, log: logging.Logger) -> None:
     """best.pt on the test set, which played no part in training or selection: logged, written to
-    logs/test_metrics.json, drawn, and sent to the tracker."""
+    logs/test_metrics.json, drawn (with the curves of `epoch_rows`, metrics.jsonl's rows), and sent to the
+    tracker."""
     device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
     # best.pt as the main process reads it (deleted or damaged while the run went on: one error line).
     best_model, best_ckpt = from_main_process(accelerator, lambda: load_model(folder.best))
@@ -236,7 +237,7 @@ def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerato
             atomic_write_text(test_metrics, json.dumps(
                 {"epoch": best_ckpt["epoch"], "parameters": count_parameters(best_model)} | report(test)
                 | {"tta": report(shifted)}, indent=2))
-        figures = run_figures(read_metrics(folder.metrics), answers, test_set, test)
+        figures = run_figures(epoch_rows, answers, test_set, test)
         with saving(folder.logs, safe):
             figure_files = save_figures(figures, folder.logs)
         log.info(f"figures: {', '.join(map(str, figure_files.values()))}")
@@ -373,7 +374,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     accelerator.wait_for_everyone()
     log.info(f"training done in {time.perf_counter() - run_start:.1f}s")
 
-    final_report(config, folder, accelerator, test_set, tracking, global_step, log)
+    final_report(config, folder, accelerator, test_set, epoch_rows, tracking, global_step, log)
     log.info(f"the model: {folder.best} (python evaluate.py --ckpt {shlex.quote(str(folder.best))})")
 
 

@@ -56,6 +56,8 @@ def read_checkpoint(path: str | Path) -> dict:
         with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says it all
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:  # the file's permissions, not its contents (a truncated file is another OSError)
+        raise CheckpointError(f"{path}: not allowed to read it") from None
     except Exception as err:  # a file that is not a torch checkpoint can fail in any part of the unpickler
         # weights_only accepts only tensors and plain containers: a pickle that would call anything else ends here.
         if would_call(err):

@@ -129,6 +129,18 @@ def test_not_a_checkpoint(tmp_path):
     assert "weights_only" not in str(refused.value)
 
 
+def test_a_checkpoint_that_cannot_be_read_is_not_called_damaged(tmp_path, monkeypatch):
+    # What a best.pt without read permission gives a user who is not root (root may read any file).
+    save_small(tmp_path / "best.pt")
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", refused)
+    with pytest.raises(CheckpointError, match=r"best.pt: not allowed to read it$"):
+        read_checkpoint(tmp_path / "best.pt")
+
+
 def test_other_version(tmp_path):
     save_small(tmp_path / "best.pt")
     ckpt = torch.load(tmp_path / "best.pt", weights_only=True)

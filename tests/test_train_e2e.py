@@ -217,6 +217,20 @@ def test_resume_from_an_explicit_state_folder(two_process_run, tiny_mnist, tmp_p
     assert resumed == original
 
 
+def test_a_finished_runs_last_state_resumed_elsewhere_only_reports_again(two_process_run, tiny_mnist, tmp_path):
+    # What the error for a best.pt missing beside a state advises: copy best.pt into the new --output_dir. The
+    # state is the run's last, so no epoch runs and the new folder has no metrics.jsonl of its own.
+    out, _ = two_process_run
+    (tmp_path / "new").mkdir()
+    shutil.copyfile(out / "best.pt", tmp_path / "new" / "best.pt")
+    result = train(tiny_mnist, tmp_path / "new", "--epochs", "3", "--resume_from_checkpoint",
+                   str(out / "checkpoints" / "epoch_003"), processes=2)
+    assert "only the test report runs again" in result.stdout and epochs_trained(result.stdout) == []
+    logs = tmp_path / "new" / "logs"
+    assert (logs / "test_metrics.json").read_text() == (out / "logs" / "test_metrics.json").read_text()
+    assert {"curves.png", "confusion.png", "test_predictions.png"} <= {path.name for path in logs.iterdir()}
+
+
 def test_a_new_run_never_overwrites_an_existing_best_pt(two_process_run, tiny_mnist):
     out, _ = two_process_run
     before = (out / "best.pt").read_bytes()
