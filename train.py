@@ -314,6 +314,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
             # No optimizer.zero_grad(): the step zeroes and refills .grad itself, or the CUDA graph's replay
             # overwrites it in place (adder/step.py).
             step_losses[step - 1] = forward_backward(index, epoch)  # copied at once: a replay overwrites it
+            lr = scheduler.get_last_lr()[0]  # this step's rate: after scheduler.step() it is the next one's
             optimizer.step()
             scheduler.step()
             if ema is not None:
@@ -327,8 +328,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                 if not math.isfinite(mean_loss):
                     raise RunFailed(f"training loss is {mean_loss} at epoch {epoch} step {step}; stopping. "
                                     f"Still safe: {safe}.")
-                accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0],
-                                 "epoch": epoch}, step=global_step)
+                accelerator.log({"train/loss": mean_loss, "train/lr": lr, "epoch": epoch}, step=global_step)
         train_seconds = time.perf_counter() - epoch_start
         train_loss = accelerator.reduce(step_losses.mean(), "mean").item()
 
@@ -355,7 +355,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
             if accelerator.is_main_process:
                 # started_at and validated_at (Unix seconds) place the epoch between the run's launch and exit:
                 # the time to each accuracy, and the time spent outside the epochs (benchmarks/run_tables.py).
-                epoch_rows.append({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
+                epoch_rows.append({"epoch": epoch, "step": global_step, "lr": lr,
                                    "train_loss": train_loss, "train_seconds": train_seconds,
                                    "started_at": round(started_at, 3), "validated_at": round(time.time(), 3)}
                                   | {f"val_{k}": v for k, v in val_scalars.items()})

@@ -27,9 +27,11 @@ import torch  # noqa: E402
 
 from adder.config import OPTIMIZERS, TrainConfig  # noqa: E402
 from adder.data import DataError, DeviceMNIST, load_mnist, split_train_val, train_batches  # noqa: E402
+from adder.files import atomic_write_text  # noqa: E402
 from adder.loss import AdderLoss  # noqa: E402
 from adder.model import AdderNet  # noqa: E402
 from adder.optim import build_optimizer  # noqa: E402
+from adder.plots import save_figures  # noqa: E402
 from adder.step import ForwardBackward  # noqa: E402
 
 
@@ -112,8 +114,8 @@ def main(argv=None) -> int:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(logs / "lr_find.png", dpi=110)
-    (logs / "lr_find.json").write_text(json.dumps({"suggested_lr": suggested, "lrs": lrs, "losses": losses}))
+    save_figures({"lr_find": fig}, logs)
+    atomic_write_text(logs / "lr_find.json", json.dumps({"suggested_lr": suggested, "lrs": lrs, "losses": losses}))
     print(f"suggested learning rate for --optimizer {args.optimizer}: {suggested:.3g} (plot: {logs / 'lr_find.png'})")
     return 0
 

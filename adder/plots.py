@@ -23,7 +23,7 @@ from adder.checkpoint import CheckpointError, load_model  # noqa: E402
 from adder.config import TrainConfig  # noqa: E402
 from adder.data import DataError, DeviceMNIST, load_mnist  # noqa: E402
 from adder.evaluation import evaluate, one_addend_predictions  # noqa: E402
-from adder.files import read_metrics  # noqa: E402
+from adder.files import atomic_write, read_metrics  # noqa: E402
 
 
 def curves_figure(epochs: list[dict]) -> plt.Figure:
@@ -109,12 +109,16 @@ def run_figures(epochs: list[dict], answers: dict[str, torch.Tensor], test_set: 
 
 
 def save_figures(figures: dict[str, plt.Figure], out: Path) -> dict[str, Path]:
-    """Each figure as OUT/NAME.png, then closed (pyplot would keep it); returns the files by name (the tracker
-    logs these files as they are)."""
+    """Each figure as OUT/NAME.png, written as atomically as the run's other files (a failed save keeps the
+    previous picture), then closed (pyplot would keep it); returns the files by name (the tracker logs these
+    files as they are)."""
     files = {name: out / f"{name}.png" for name in figures}
-    for name, fig in figures.items():
-        fig.savefig(files[name], dpi=110)
-        plt.close(fig)
+    try:
+        for name, fig in figures.items():
+            atomic_write(files[name], lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
     return files
 
 

@@ -71,6 +71,8 @@ def test_two_process_training_writes_a_self_describing_best_pt(two_process_run):
     assert set(ckpt["val_metrics"]) >= {"digit_acc", "sum_acc", "joint_acc", "consistency", "loss"}
     epochs = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    # A row's rate is the one its epoch's last step trained with: for the last epoch, the one-cycle floor.
+    assert epochs[-1]["lr"] == pytest.approx(ckpt["train_config"]["lr"] / 25 / 1e4)
     assert epochs[0]["validated_at"] < epochs[1]["validated_at"] < epochs[2]["validated_at"]  # the time-to-accuracy clock
     # best.pt is the epoch with the best validation accuracy (should epochs tie, the first of them).
     best = max(e["val_joint_acc"] for e in epochs)
@@ -126,6 +128,16 @@ def test_plots_module_redraws_the_figures_of_a_run(two_process_run, tiny_mnist, 
     assert plots.main([str(out), "--data_dir", str(tiny_mnist), "--out", str(tmp_path)]) == 0
     for name in ("curves.png", "test_predictions.png", "confusion.png"):  # drawn from the same metrics and model
         assert (tmp_path / name).read_bytes() == (out / "logs" / name).read_bytes(), name
+
+
+@needs_dev_full
+def test_a_figure_that_cannot_be_saved_keeps_the_previous_one(tmp_path):
+    (tmp_path / "curves.png").write_bytes(b"the previous picture")
+    (tmp_path / ".curves.png.tmp").symlink_to("/dev/full")  # writing the new one fails: "No space left on device"
+    with pytest.raises(OSError):
+        plots.save_figures({"curves": plots.plt.figure()}, tmp_path)
+    assert (tmp_path / "curves.png").read_bytes() == b"the previous picture"
+    assert not (tmp_path / ".curves.png.tmp").exists()
 
 
 def test_a_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
