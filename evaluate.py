@@ -29,7 +29,7 @@ from adder.checkpoint import CheckpointError, load_model
 from adder.config import TrainConfig, positive_int
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, normalize
 from adder.digit_image import DigitImageError, image_files, read_image
-from adder.evaluation import evaluate, reproducible_convolutions
+from adder.evaluation import EVAL_BATCH, evaluate, reproducible_convolutions
 from adder.hardware import place_run
 from adder.metrics import report
 from adder.model import NUM_SUMS, ShiftAveraged, count_parameters
@@ -40,8 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (best.pt)")
     p.add_argument("--data_dir", default=TrainConfig.data_dir,
                    help=f"folder holding MNIST/raw/ (downloaded there if absent; default: {TrainConfig.data_dir})")
-    p.add_argument("--batch_size", type=positive_int, default=1000,
-                   help="test images per forward pass (x10 pairs; default: 1000)")
+    p.add_argument("--batch_size", type=positive_int, default=EVAL_BATCH,
+                   help=f"test images per forward pass (x10 pairs; default: {EVAL_BATCH})")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even if a GPU is present")
     p.add_argument("--tta", action="store_true",

@@ -41,7 +41,8 @@ from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, spli
 from adder.ema import moving_average
 from adder.evaluation import evaluate, one_addend_predictions, reproducible_convolutions
 from adder.files import atomic_write_text, read_metrics
-from adder.hardware import Placement, PlacementError, all_or_none, cpu_name, first_failure, place_run
+from adder.distributed import all_or_none, first_failure
+from adder.hardware import Placement, PlacementError, cpu_name, place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
 from adder.model import AdderNet, ShiftAveraged, count_parameters
@@ -50,7 +51,7 @@ from adder.plots import run_figures, save_figures
 from adder.step import CaptureFailed, ForwardBackward, why_eager
 from adder.tracking import Tracking
 from adder.training_state import (ResumeError, changed_settings, is_compiled, load_training_state, resolve_state,
-                                  save_training_state, saved_states)
+                                  save_training_state, saved_states, state_dir)
 
 
 class RunFailed(Exception):
@@ -368,7 +369,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         if improved:
             best = {"epoch": epoch, "joint_acc": val["joint_acc"]}
         # Safe now: best.pt as just written (this epoch's model if it improved), and the previous state.
-        with saving(folder.checkpoints / f"epoch_{epoch:03d}", still_safe(best["epoch"], saved_epoch=epoch - 1)):
+        with saving(state_dir(folder.checkpoints, epoch), still_safe(best["epoch"], saved_epoch=epoch - 1)):
             save_training_state(accelerator, folder.checkpoints, epoch, global_step, best, config,
                                 keep=config.keep_states, ema=ema)
     accelerator.wait_for_everyone()

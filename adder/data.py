@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import check_integrity
 
+from adder.distributed import first_failure
 from adder.errors import first_line
-from adder.hardware import first_failure
+from adder.model import NUM_ADDENDS
 
 log = logging.getLogger(__name__)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-NUM_ADDENDS = 10
 
 
 class DataError(RuntimeError):

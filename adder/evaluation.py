@@ -7,14 +7,16 @@ import contextlib
 import torch
 from torch import nn
 
-from adder.data import NUM_ADDENDS, DeviceMNIST, eval_batches
+from adder.data import DeviceMNIST, eval_batches
 from adder.loss import AdderLoss
 from adder.metrics import AdderMetrics
+from adder.model import NUM_ADDENDS
 
 # The loss evaluation reports: plain cross-entropy of both heads, whatever the training objective was
 # (label smoothing, sum weight), so that runs trained differently are scored alike and evaluate.py needs
 # nothing from a checkpoint but the model.
 EVAL_LOSS = AdderLoss()
+EVAL_BATCH = 1000  # images per forward pass when scoring (x10 pairs in the exhaustive evaluation)
 
 
 def reproducible_convolutions():
@@ -38,7 +40,7 @@ def eval_mode(model: nn.Module):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceMNIST, *, batch_size: int = 1000, rank: int = 0,
+def evaluate(model: nn.Module, data: DeviceMNIST, *, batch_size: int = EVAL_BATCH, rank: int = 0,
              world_size: int = 1) -> dict:
     """AdderMetrics over all len(data) * 10 pairs, exact for any number of processes.
 
@@ -75,7 +77,7 @@ def one_addend_predictions(model: nn.Module, test_set: DeviceMNIST, seed: int = 
     addends = torch.randint(0, NUM_ADDENDS, (len(test_set),), generator=torch.Generator().manual_seed(seed))
     digit_probs, sum_probs = [], []
     with eval_mode(model):
-        for index in torch.arange(len(test_set)).split(1000):
+        for index in torch.arange(len(test_set)).split(EVAL_BATCH):
             images, _, _ = test_set.eval_batch(index.to(test_set.device))
             digit_logits, sum_logits = model(images, addends[index].to(test_set.device))
             digit_probs.append(digit_logits.float().softmax(-1).cpu())

@@ -1,5 +1,4 @@
-"""Where a run executes: the GPU when one is usable, otherwise the CPU with the settings that are fast there;
-and how the run's processes stop together.
+"""Where a run executes: the GPU when one is usable, otherwise the CPU with the settings that are fast there.
 
 Accelerate only runs on the CPU when told to (`cpu=True`): on a machine with no usable GPU, N processes
 launched without it would each believe they run alone and train the whole data set side by side. So the
@@ -8,7 +7,6 @@ CPU is chosen here, before the Accelerator is made, whenever no GPU is usable.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import re
@@ -16,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object, get_cpu_distributed_information
+from accelerate.utils import get_cpu_distributed_information
 
 
 def gpu_usable() -> bool:
@@ -50,30 +48,6 @@ def read_cpuinfo() -> str:
         return Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
-
-
-def first_failure(accelerator, failure: str | None) -> str | None:
-    """The first failing process's message (naming the process unless it is the main one), or None if none
-    failed: the same answer on every process, so that all stop together. One that stopped alone would leave
-    the others waiting for it at their next barrier, and only the main process prints."""
-    for rank, message in gather_object([(accelerator.process_index, failure)]):
-        if message:
-            return message if rank == 0 else f"process {rank}: {message}"
-    return None
-
-
-@contextlib.contextmanager
-def all_or_none(accelerator, catch, *, raise_as):
-    """Runs the block on every process; if it raised `catch` on any of them, every process raises `raise_as`
-    with the first failure's message (first_failure): all stop together, or none does. Other exceptions pass
-    through on their own process only, as any error would."""
-    failure = None
-    try:
-        yield
-    except catch as err:
-        failure = str(err) or type(err).__name__  # an empty message must still stop the run
-    if failure := first_failure(accelerator, failure):
-        raise raise_as(failure)
 
 
 def cpu_cores() -> int:

@@ -32,10 +32,10 @@ from accelerate.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, DynamoBackend
 from safetensors import SafetensorError
 from torch.optim.swa_utils import AveragedModel
 
-from adder.files import atomic_write_text, sync_to_disk
 from adder.config import TrainConfig
+from adder.distributed import first_failure
 from adder.errors import first_line
-from adder.hardware import first_failure
+from adder.files import atomic_write_text, sync_to_disk
 
 _STATE_NAME = re.compile(r"^epoch_(\d+)$")
 PROGRESS_FILE = "progress.json"
@@ -69,6 +69,11 @@ def is_complete(state: Path) -> bool:
     return (state / PROGRESS_FILE).is_file() and has_weights(state)
 
 
+def state_dir(checkpoints_dir: Path, epoch: int) -> Path:
+    """Where the state of `epoch` is saved: checkpoints/epoch_012."""
+    return checkpoints_dir / f"epoch_{epoch:03d}"
+
+
 def state_epoch(state: Path) -> int:
     """checkpoints/epoch_012 -> 12."""
     return int(_STATE_NAME.match(state.name).group(1))
@@ -84,7 +89,7 @@ def saved_states(checkpoints_dir: Path) -> list[Path]:
 
 def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: int, global_step: int, best: dict,
                         config: TrainConfig, keep: int, ema: AveragedModel | None = None) -> None:
-    final = checkpoints_dir / f"epoch_{epoch:03d}"
+    final = state_dir(checkpoints_dir, epoch)
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_local_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving

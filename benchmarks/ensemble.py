@@ -22,14 +22,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adder.checkpoint import CheckpointError, load_model  # noqa: E402
-from adder.data import NUM_ADDENDS, DataError, DeviceMNIST, eval_batches, load_mnist  # noqa: E402
+from adder.data import DataError, DeviceMNIST, eval_batches, load_mnist  # noqa: E402
+from adder.evaluation import EVAL_BATCH  # noqa: E402
+from adder.model import NUM_ADDENDS  # noqa: E402
 
 
 @torch.no_grad()
 def probabilities(model, test_set: DeviceMNIST) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's digit probabilities (N, 10) and sum probabilities (N, 10 addends, 19)."""
     digits, sums = [], []
-    for index in eval_batches(len(test_set), 1000, rank=0, world_size=1):
+    for index in eval_batches(len(test_set), EVAL_BATCH, rank=0, world_size=1):
         images, addends, _ = test_set.eval_batch(index)
         digit_logits, sum_logits = model(images, addends)
         digits.append(digit_logits.float().softmax(-1))

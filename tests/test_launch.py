@@ -16,7 +16,8 @@ from adder.checkpoint import load_model, save_checkpoint
 from adder.config import TrainConfig
 from adder.data import DeviceMNIST
 from adder.evaluation import evaluate, one_addend_predictions, reproducible_convolutions
-from adder.hardware import PlacementError, all_or_none, choose_placement, cpu_has_native_bf16
+from adder.distributed import all_or_none
+from adder.hardware import PlacementError, choose_placement, cpu_has_native_bf16
 from adder.model import AdderNet, ModelConfig
 from adder.training_state import (EMA_FILE, MUST_MATCH, PROGRESS_FILE, ResumeError, check_settings,
                                   load_training_state, resolve_state)
