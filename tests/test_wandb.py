@@ -85,9 +85,10 @@ def train_tracked(tmp_path_factory, data_dir, *extra, processes: int = 1, env: d
     """A 1-epoch tiny run with wandb on, on the CPU even where a GPU is; wandb's own folders (staged artifacts, logs, settings) stay beside it."""
     root = tmp_path_factory.mktemp("wandb_run")
     wandb_dirs = {f"WANDB_{name}_DIR": str(root / name.lower()) for name in ("DATA", "CACHE", "CONFIG")}
+    console = {"WANDB_SILENT": "false"}  # wandb's console as a user sees it (run_cli silences it elsewhere)
     result = run_cli(["train.py", "--data_dir", str(data_dir), "--output_dir", str(root / "out"), *TRACKED,
-                      "--epochs", "1", *extra], processes=processes, env=NO_GPU | wandb_dirs | (env or {}),
-                     check=check)
+                      "--epochs", "1", *extra], processes=processes,
+                     env=NO_GPU | wandb_dirs | console | (env or {}), check=check)
     return read_run(root / "out", result)
 
 
@@ -175,13 +176,17 @@ def test_history_steps_only_increase(offline_run):
     assert len(steps) > 1 and steps == sorted(set(steps))
 
 
+def wandb_lines(run) -> list[str]:
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("wandb:")]
+
+
 def test_offline_run_says_once_how_to_upload_it(offline_run):
-    (line,) = [line for line in offline_run.stdout.splitlines() if "wandb sync" in line]
+    (line,) = wandb_lines(offline_run)  # wandb's own (where the run is, how to sync it) would repeat it
     assert line.endswith(f"wandb sync {offline_run.folder}")
 
 
 def test_unreachable_server_records_the_run_offline(cluster_run):
-    (line,) = [line for line in cluster_run.stdout.splitlines() if "wandb sync" in line]
+    (line,) = wandb_lines(cluster_run)
     assert "did not answer" in line and line.endswith(f"wandb sync {cluster_run.folder}")
     assert (cluster_run.out / "logs" / "test_metrics.json").exists()  # it trained and tested
     assert cluster_run.summary["best_val/epoch"] == 1
