@@ -28,6 +28,7 @@ from PIL import Image
 from adder.checkpoint import CheckpointError, load_model
 from adder.config import TrainConfig, positive_int
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, normalize
+from adder.distributed import ArgumentParser, exit_with_error, speaks_for_its_machine
 from adder.digit_image import DigitImageError, image_files, read_image
 from adder.evaluation import EVAL_BATCH, evaluate, reproducible_convolutions
 from adder.hardware import place_run
@@ -36,7 +37,7 @@ from adder.model import NUM_SUMS, ShiftAveraged, count_parameters
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (best.pt)")
     p.add_argument("--data_dir", default=TrainConfig.data_dir,
                    help=f"folder holding MNIST/raw/ (downloaded there if absent; default: {TrainConfig.data_dir})")
@@ -162,13 +163,13 @@ def main(argv=None) -> int:
     try:
         model, ckpt = load_model(args.ckpt)
     except CheckpointError as err:
-        sys.exit(f"error: {err}")
+        exit_with_error(str(err))
     parameters = count_parameters(model)
     if args.tta:
         model = ShiftAveraged(model)
 
-    if args.image is not None:
-        return answer_own_images(model, args)
+    if args.image is not None:  # under a multi-process launch, one table a machine
+        return answer_own_images(model, args) if speaks_for_its_machine() else 0
 
     # fp32 whatever the launch config says: the numbers train.py's report gives.
     placement = place_run(args.cpu, "no")

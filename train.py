@@ -41,7 +41,7 @@ from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, spli
 from adder.ema import moving_average
 from adder.evaluation import evaluate, one_addend_predictions, reproducible_convolutions
 from adder.files import atomic_write_text, read_metrics
-from adder.distributed import all_or_none, first_failure
+from adder.distributed import all_or_none, exit_with_error, first_failure
 from adder.hardware import Placement, PlacementError, cpu_name, place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
@@ -406,7 +406,7 @@ def main(argv=None) -> int:
     try:
         placement = place_run(config.cpu, config.mixed_precision)
     except PlacementError as err:
-        sys.exit(f"error: {err}")
+        exit_with_error(str(err))
     accelerator = Accelerator(
         cpu=placement.cpu,
         mixed_precision=placement.mixed_precision,

@@ -12,6 +12,7 @@ import copy
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from adder.distributed import ArgumentParser
 from adder.model import SUM_HEADS, ModelConfig
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -176,7 +177,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_config(argv=None, description: str | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(parser)
     args = parser.parse_args(argv)
     try:

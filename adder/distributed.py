@@ -1,14 +1,42 @@
 """How a run's processes stop together: a failure on any of them stops all of them, with its message.
 
 One process that stopped alone would leave the others waiting for it at their next barrier, and only the
-main process prints.
+main process prints. Before the processes meet (the command line, the checkpoint), each meets the same
+error on its own, and the first process of each machine says it.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
+import sys
+from typing import NoReturn
 
 from accelerate.utils import gather_object
+
+
+def speaks_for_its_machine() -> bool:
+    """Whether this process is its machine's first, as the launcher numbered it (torchrun's LOCAL_RANK; a
+    process launched alone is): it alone prints an error that every process meets, once per machine's
+    console rather than once per process."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def exit_with_error(message: str) -> NoReturn:
+    """Ends the process (exit status 1) with `error: MESSAGE` on stderr, said by one process a machine."""
+    if speaks_for_its_machine():
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, with its usage and error said by one process a machine: each process parses the command."""
+
+    def error(self, message: str) -> NoReturn:
+        if speaks_for_its_machine():
+            super().error(message)  # the usage, then "PROG: error: MESSAGE", and exit status 2
+        sys.exit(2)
 
 
 def first_failure(accelerator, failure: str | None) -> str | None:

@@ -122,6 +122,24 @@ def test_evaluate_prints_the_results_table(two_process_run, tiny_mnist):
     assert max(len(line) for line in table.splitlines()[1:]) <= 80  # the first line holds the user's path
 
 
+@pytest.mark.parametrize("script_args, error", [
+    (["train.py", "--epochs", "0"], "train.py: error: argument --epochs: must be a positive integer, got 0"),
+    (["evaluate.py", "--ckpt", "no_such.pt"], "error: no_such.pt: no such checkpoint file"),
+])
+def test_an_error_every_process_meets_before_they_meet_is_said_once(script_args, error):
+    result = run_cli(script_args, processes=2, env=NO_GPU, check=False)
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).splitlines().count(error) == 1, result.stderr
+
+
+def test_your_own_pictures_answered_under_two_processes_once(two_process_run):
+    out, _ = two_process_run
+    result = run_cli(["evaluate.py", "--ckpt", str(out / "best.pt"), "--image", "training_logs/example_digit.png",
+                      "--addend", "4"], processes=2, env=NO_GPU)
+    assert [line.split()[0] for line in result.stdout.splitlines() if line.startswith(("file", "training_logs"))] \
+        == ["file", "training_logs/example_digit.png"]
+
+
 def test_plots_module_redraws_the_figures_of_a_run(two_process_run, tiny_mnist, tmp_path):
     out, _ = two_process_run
     # In this process: `python -m adder.plots` runs the same main(), which makes no Accelerator.
