@@ -29,13 +29,14 @@ def ckpt(tmp_path_factory):
     (lambda p: None, "no such checkpoint file"),
     (lambda p: p.write_text("just text"), "not a readable PyTorch checkpoint"),
 ])
-def test_bad_checkpoints_end_evaluate_with_one_error(tmp_path, write, message):
+def test_bad_checkpoints_end_evaluate_with_one_error(tmp_path, capsys, write, message):
     # evaluate.main in this process; the CLI case below shows the user's view of the same exit.
     path = tmp_path / "best.pt"
     write(path)
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(["--ckpt", str(path)])
-    assert str(exit_.value.code).startswith("error: ") and message in str(exit_.value.code)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 1 and line.startswith("error: ") and message in line
 
 
 def test_a_checkpoint_that_would_run_code_gets_one_clear_error(tmp_path):
