@@ -25,23 +25,21 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, broadcast_object_list, gather_object, set_seed
-from torch.optim.swa_utils import AveragedModel
+from accelerate.utils import broadcast, set_seed
 from tqdm.auto import tqdm
 
-from adder.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from adder.checkpoint import CheckpointError, load_model, save_checkpoint
 from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, split_train_val, train_batches
+from adder.distributed import all_or_none, exit_with_error, first_failure, from_main_process
 from adder.ema import moving_average
 from adder.evaluation import evaluate, one_addend_predictions, reproducible_convolutions
 from adder.files import atomic_write_text, read_metrics
-from adder.distributed import all_or_none, exit_with_error, first_failure
 from adder.hardware import Placement, PlacementError, cpu_name, place_run
 from adder.loss import AdderLoss
 from adder.metrics import report, scalars
@@ -50,8 +48,7 @@ from adder.optim import build_optimizer
 from adder.plots import run_figures, save_figures
 from adder.step import CaptureFailed, ForwardBackward, why_eager
 from adder.tracking import Tracking
-from adder.training_state import (ResumeError, changed_settings, is_compiled, load_training_state, resolve_state,
-                                  save_training_state, saved_states, state_dir)
+from adder.training_state import ResumeError, is_compiled, resume_run, save_training_state, saved_states, state_dir
 
 
 class RunFailed(Exception):
@@ -145,73 +142,6 @@ def load_data(config: TrainConfig, accelerator: Accelerator) -> tuple[DeviceMNIS
             DeviceMNIST(test_images, test_labels, device))
 
 
-def from_main_process(accelerator: Accelerator, read: Callable[[], object]):
-    """read() on the main process, whose disk holds best.pt (other nodes need not share it), sent to every
-    rank; a CheckpointError or RunFailed there stops every rank with its message."""
-    payload = [None]
-    if accelerator.is_main_process:
-        try:
-            payload = [read()]
-        except (CheckpointError, RunFailed) as err:
-            payload = [RunFailed(str(err))]
-    broadcast_object_list(payload, from_process=0)
-    if isinstance(payload[0], RunFailed):
-        raise payload[0]
-    return payload[0]
-
-
-def best_so_far(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, saved_best: dict) -> dict:
-    """What a resumed run's epochs must beat to replace best.pt: the saved state's best, or best.pt's if higher
-    (a run resumed from an older epoch). A state whose best model is missing, or a best.pt of other settings,
-    cannot resume: the run could not end with its own test report."""
-    def read_best() -> dict | None:
-        if not folder.best.exists():
-            return None
-        checkpoint = read_checkpoint(folder.best)
-        try:
-            other = changed_settings(checkpoint["train_config"], config)
-            best = {"epoch": checkpoint["epoch"], "joint_acc": checkpoint["val_metrics"]["joint_acc"]}
-        except (KeyError, TypeError, AttributeError) as err:
-            raise RunFailed(f"{folder.best}: no training settings or validation metrics in it: not a best.pt of "
-                            f"train.py") from err
-        if other:
-            raise RunFailed(f"{folder.best} was trained with another {', '.join(f'--{name}' for name in other)}: "
-                            f"it is not this run's model; move it away, or resume in the run's own --output_dir")
-        return best
-
-    kept = from_main_process(accelerator, read_best)
-    if kept is None:
-        if saved_best["epoch"]:
-            raise RunFailed(f"the saved state's best model (epoch {saved_best['epoch']}) is not in {folder.best}: "
-                            f"resume in the run's own --output_dir, or copy its best.pt there")
-        return saved_best
-    return max(saved_best, kept, key=lambda best: best["joint_acc"])
-
-
-def resume(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, ema: AveragedModel | None,
-           log: logging.Logger):
-    """(first epoch to run, global step, best validation so far): from the saved training state with
-    --resume_from_checkpoint, whose settings that shape the run must be this command's; else a fresh start.
-
-    Each process reads the state from its own disk (nodes need not share one): all must find it, the same
-    one, and load it, or all stop."""
-    if config.resume_from_checkpoint is None:
-        return 1, 0, {"epoch": 0, "joint_acc": -1.0}
-    with all_or_none(accelerator, ResumeError, raise_as=RunFailed):
-        state_dir = resolve_state(config.resume_from_checkpoint, folder.checkpoints)
-    names = gather_object([state_dir.name])  # the same state on every node, not a stale copy on one
-    if len(set(names)) > 1:
-        found = ", ".join(f"{name} on process {rank}" for rank, name in enumerate(names))
-        raise RunFailed(f"the processes found different training states ({found}): resuming on several nodes "
-                        f"needs the same checkpoints/ folder on each")
-    with all_or_none(accelerator, ResumeError, raise_as=RunFailed):
-        progress = load_training_state(accelerator, state_dir, config, ema)
-    best = best_so_far(config, folder, accelerator, progress["best"])
-    log.info(f"resumed from {state_dir} (epoch {progress['epoch']}, step {progress['global_step']}, "
-             f"best val joint {best['joint_acc']:.4%} at epoch {best['epoch']})")
-    return progress["epoch"] + 1, progress["global_step"], best
-
-
 def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, test_set: DeviceMNIST,
                  epoch_rows: list[dict], tracking: Tracking, global_step: int, log: logging.Logger) -> None:
     """best.pt on the test set, which played no part in training or selection: logged, written to
@@ -219,7 +149,8 @@ def final_report(config: TrainConfig, folder: RunFolder, accelerator: Accelerato
     tracker."""
     device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
     # best.pt as the main process reads it (deleted or damaged while the run went on: one error line).
-    best_model, best_ckpt = from_main_process(accelerator, lambda: load_model(folder.best))
+    best_model, best_ckpt = from_main_process(accelerator, lambda: load_model(folder.best), CheckpointError,
+                                              raise_as=RunFailed)
     best_model.to(device)
     # In fp32 and with the same convolution algorithms as evaluate.py: the two report the same numbers for the
     # same file, and the figure shows the answers they counted.
@@ -292,7 +223,12 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
     forward_backward = ForwardBackward(model, loss_fn, train_set, accelerator.backward, seed=config.seed,
                                        augment=config.augment, cuda_graph=eager_because is None)
 
-    start_epoch, global_step, best = resume(config, folder, accelerator, ema, log)
+    start_epoch, global_step, best = 1, 0, {"epoch": 0, "joint_acc": -1.0}
+    if config.resume_from_checkpoint is not None:  # the saved state's settings must be this command's
+        resumed_from, progress = resume_run(accelerator, config, folder.checkpoints, folder.best, ema)
+        start_epoch, global_step, best = progress["epoch"] + 1, progress["global_step"], progress["best"]
+        log.info(f"resumed from {resumed_from} (epoch {progress['epoch']}, step {global_step}, "
+                 f"best val joint {best['joint_acc']:.4%} at epoch {best['epoch']})")
     if start_epoch > config.epochs:
         log.info(f"every epoch (of {config.epochs}) was trained already: only the test report runs again")
     tracking = Tracking.start(accelerator, config.to_dict(), logs_dir=folder.logs, run_name=config.run_name,
@@ -433,7 +369,7 @@ def main(argv=None) -> int:
 
     try:
         train(config, folder, accelerator, log)
-    except (RunFailed, CaptureFailed) as err:
+    except (RunFailed, ResumeError, CaptureFailed) as err:
         log.error(f"error: {err}")
         Tracking.record_failure(accelerator)
         return 1

@@ -11,9 +11,12 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
+
+T = TypeVar("T")
 
 
 def speaks_for_its_machine() -> bool:
@@ -60,3 +63,19 @@ def all_or_none(accelerator, catch, *, raise_as):
         failure = str(err) or type(err).__name__  # an empty message must still stop the run
     if failure := first_failure(accelerator, failure):
         raise raise_as(failure)
+
+
+def from_main_process(accelerator, read: Callable[[], T], catch, *, raise_as) -> T:
+    """read() on the main process alone, its result sent to every process: for a file on the main process's
+    disk (other nodes need not share it). If it raised `catch` there, every process raises `raise_as` with
+    its message."""
+    payload: list = [None]
+    if accelerator.is_main_process:
+        try:
+            payload = [read()]
+        except catch as err:
+            payload = [raise_as(str(err))]
+    broadcast_object_list(payload, from_process=0)
+    if isinstance(payload[0], raise_as):
+        raise payload[0]
+    return payload[0]

@@ -5,7 +5,8 @@ so a crash during a save leaves no folder that looks complete. Only the newest `
 none after the epoch saved last: a run resumed from an earlier state drops those of the run it left.
 Beside accelerate's files, progress.json records where the run stood and the settings it ran with: a
 resumed run must use the same ones, or its schedule, data order or weights would not fit the saved state.
-With --ema_decay, ema.pt holds the moving average. It is not handed to accelerate's
+resume_run loads a state back on every process, or on none, with the best validation the resumed run must
+beat to replace best.pt. With --ema_decay, ema.pt holds the moving average. It is not handed to accelerate's
 register_for_checkpointing, whose file load_state unpickles with weights_only=False: a training state
 folder is untrusted input, like best.pt, so every file in it is read as tensors only.
 
@@ -28,12 +29,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, DynamoBackend
+from accelerate.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, DynamoBackend, gather_object
 from safetensors import SafetensorError
 from torch.optim.swa_utils import AveragedModel
 
+from adder.checkpoint import CheckpointError, read_checkpoint
 from adder.config import TrainConfig
-from adder.distributed import first_failure
+from adder.distributed import all_or_none, first_failure, from_main_process
 from adder.errors import first_line
 from adder.files import atomic_write_text, sync_to_disk
 
@@ -205,3 +207,50 @@ def load_training_state(accelerator: Accelerator, state_dir: Path, config: Train
     except Exception as err:  # accelerate and torch raise many kinds: only the message says what failed
         raise ResumeError(f"cannot load the training state {state_dir} ({first_line(err, with_type=True)})") from err
     return progress
+
+
+def resume_run(accelerator: Accelerator, config: TrainConfig, checkpoints_dir: Path, best_path: Path,
+               ema: AveragedModel | None = None) -> tuple[Path, dict]:
+    """The state --resume_from_checkpoint names, loaded: (its folder, its progress), the progress's "best"
+    being what the rest of the run must beat to replace best.pt.
+
+    Each process reads the state from its own disk (nodes need not share one): all must find it, the same
+    one, and load it, or all stop with a ResumeError."""
+    with all_or_none(accelerator, ResumeError, raise_as=ResumeError):
+        state_dir = resolve_state(config.resume_from_checkpoint, checkpoints_dir)
+    names = gather_object([state_dir.name])  # the same state on every node, not a stale copy on one
+    if len(set(names)) > 1:
+        found = ", ".join(f"{name} on process {rank}" for rank, name in enumerate(names))
+        raise ResumeError(f"the processes found different training states ({found}): resuming on several nodes "
+                          f"needs the same checkpoints/ folder on each")
+    with all_or_none(accelerator, ResumeError, raise_as=ResumeError):
+        progress = load_training_state(accelerator, state_dir, config, ema)
+    return state_dir, progress | {"best": best_to_beat(accelerator, config, best_path, progress["best"])}
+
+
+def best_to_beat(accelerator: Accelerator, config: TrainConfig, best_path: Path, saved_best: dict) -> dict:
+    """The saved state's best validation, or best.pt's if higher (a run resumed from an older epoch). A state
+    whose best model is missing, or a best.pt of other settings, cannot resume: the run could not end with
+    its own test report."""
+    def read_best() -> dict | None:
+        if not best_path.exists():
+            return None
+        checkpoint = read_checkpoint(best_path)
+        try:
+            other = changed_settings(checkpoint["train_config"], config)
+            best = {"epoch": checkpoint["epoch"], "joint_acc": checkpoint["val_metrics"]["joint_acc"]}
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ResumeError(f"{best_path}: no training settings or validation metrics in it: not a best.pt of "
+                              f"train.py") from err
+        if other:
+            raise ResumeError(f"{best_path} was trained with another {', '.join(f'--{name}' for name in other)}: "
+                              f"it is not this run's model; move it away, or resume in the run's own --output_dir")
+        return best
+
+    kept = from_main_process(accelerator, read_best, (CheckpointError, ResumeError), raise_as=ResumeError)
+    if kept is None:
+        if saved_best["epoch"]:
+            raise ResumeError(f"the saved state's best model (epoch {saved_best['epoch']}) is not in {best_path}: "
+                              f"resume in the run's own --output_dir, or copy its best.pt there")
+        return saved_best
+    return max(saved_best, kept, key=lambda best: best["joint_acc"])
