@@ -29,7 +29,7 @@ from adder.checkpoint import CheckpointError, load_model
 from adder.config import TrainConfig, positive_int
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, normalize
 from adder.digit_image import DigitImageError, image_files, read_image
-from adder.distributed import ArgumentParser, exit_with_error, speaks_for_its_machine
+from adder.errors import ArgumentParser, exit_with_error, speaks_for_its_machine
 from adder.evaluation import EVAL_BATCH, evaluate, reproducible_convolutions
 from adder.hardware import place_run
 from adder.metrics import report

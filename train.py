@@ -36,8 +36,9 @@ from tqdm.auto import tqdm
 from adder.checkpoint import CheckpointError, load_model, save_checkpoint
 from adder.config import TrainConfig, parse_config
 from adder.data import DataError, DeviceMNIST, load_mnist_on_every_process, split_train_val, train_batches
-from adder.distributed import all_or_none, exit_with_error, first_failure, from_main_process
+from adder.distributed import all_or_none, first_failure, from_main_process
 from adder.ema import moving_average
+from adder.errors import exit_with_error
 from adder.evaluation import evaluate, one_addend_predictions, reproducible_convolutions
 from adder.files import atomic_write_text, read_metrics
 from adder.hardware import Placement, PlacementError, cpu_name, place_run
@@ -48,7 +49,7 @@ from adder.optim import build_optimizer
 from adder.plots import run_figures, save_figures
 from adder.step import CaptureFailed, ForwardBackward, why_eager
 from adder.tracking import Tracking
-from adder.training_state import ResumeError, is_compiled, resume_run, save_training_state, saved_states, state_dir
+from adder.training_state import ResumeError, is_compiled, resume_run, save_training_state, saved_states, state_folder
 
 
 class RunFailed(Exception):
@@ -224,9 +225,9 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
                                        augment=config.augment, cuda_graph=eager_because is None)
 
     start_epoch, global_step, best = 1, 0, {"epoch": 0, "joint_acc": -1.0}
-    if config.resume_from_checkpoint is not None:  # the saved state's settings must be this command's
-        resumed_from, progress = resume_run(accelerator, config, folder.checkpoints, folder.best, ema)
-        start_epoch, global_step, best = progress["epoch"] + 1, progress["global_step"], progress["best"]
+    if config.resume_from_checkpoint is not None:
+        resumed_from, progress, best = resume_run(accelerator, config, folder.checkpoints, folder.best, ema)
+        start_epoch, global_step = progress["epoch"] + 1, progress["global_step"]
         log.info(f"resumed from {resumed_from} (epoch {progress['epoch']}, step {global_step}, "
                  f"best val joint {best['joint_acc']:.4%} at epoch {best['epoch']})")
     if start_epoch > config.epochs:
@@ -305,7 +306,7 @@ def train(config: TrainConfig, folder: RunFolder, accelerator: Accelerator, log:
         if improved:
             best = {"epoch": epoch, "joint_acc": val["joint_acc"]}
         # Safe now: best.pt as just written (this epoch's model if it improved), and the previous state.
-        with saving(state_dir(folder.checkpoints, epoch), still_safe(best["epoch"], saved_epoch=epoch - 1)):
+        with saving(state_folder(folder.checkpoints, epoch), still_safe(best["epoch"], saved_epoch=epoch - 1)):
             save_training_state(accelerator, folder.checkpoints, epoch, global_step, best, config,
                                 keep=config.keep_states, ema=ema)
     accelerator.wait_for_everyone()

@@ -12,7 +12,7 @@ import copy
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from adder.distributed import ArgumentParser
+from adder.errors import ArgumentParser
 from adder.model import SUM_HEADS, ModelConfig
 
 OPTIMIZERS = ("sgd", "adamw")

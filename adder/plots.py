@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -115,7 +116,7 @@ def save_figures(figures: dict[str, plt.Figure], out: Path) -> dict[str, Path]:
     files = {name: out / f"{name}.png" for name in figures}
     try:
         for name, fig in figures.items():
-            atomic_write(files[name], lambda f: fig.savefig(f, format="png", dpi=110))
+            atomic_write(files[name], partial(fig.savefig, format="png", dpi=110))
     finally:
         for fig in figures.values():
             plt.close(fig)

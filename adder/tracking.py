@@ -61,8 +61,9 @@ def wandb_init_kwargs(run_dir: str, run_name: str | None) -> tuple[dict, str | N
     import wandb
 
     kwargs = {"dir": run_dir, "name": run_name}
-    # Offline, the run's own line says where the run is and how to upload it: silent drops wandb's lines, its
-    # sync tips and its "syncing is set to `offline` in this directory" (untrue of a fallback).
+    # Offline, the run's own line says where the run is and how to upload it: silent drops the run's console
+    # lines, its sync tips, its "syncing is set to `offline` in this directory" (untrue of a fallback) and its
+    # warnings; wandb's process-wide warnings (termwarn) stay.
     offline = {"mode": "offline", "settings": wandb.Settings(silent=True)}
     settings = wandb.setup().settings  # environment variables and settings files, resolved by wandb
     if settings.mode != "online":

@@ -71,7 +71,7 @@ def is_complete(state: Path) -> bool:
     return (state / PROGRESS_FILE).is_file() and has_weights(state)
 
 
-def state_dir(checkpoints_dir: Path, epoch: int) -> Path:
+def state_folder(checkpoints_dir: Path, epoch: int) -> Path:
     """Where the state of `epoch` is saved: checkpoints/epoch_012."""
     return checkpoints_dir / f"epoch_{epoch:03d}"
 
@@ -91,7 +91,7 @@ def saved_states(checkpoints_dir: Path) -> list[Path]:
 
 def save_training_state(accelerator: Accelerator, checkpoints_dir: Path, epoch: int, global_step: int, best: dict,
                         config: TrainConfig, keep: int, ema: AveragedModel | None = None) -> None:
-    final = state_dir(checkpoints_dir, epoch)
+    final = state_folder(checkpoints_dir, epoch)
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_local_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run that died while saving
@@ -210,9 +210,9 @@ def load_training_state(accelerator: Accelerator, state_dir: Path, config: Train
 
 
 def resume_run(accelerator: Accelerator, config: TrainConfig, checkpoints_dir: Path, best_path: Path,
-               ema: AveragedModel | None = None) -> tuple[Path, dict]:
-    """The state --resume_from_checkpoint names, loaded: (its folder, its progress), the progress's "best"
-    being what the rest of the run must beat to replace best.pt.
+               ema: AveragedModel | None = None) -> tuple[Path, dict, dict]:
+    """The state --resume_from_checkpoint names, loaded, its settings checked against this command's: (its
+    folder, its progress.json, the best validation the rest of the run must beat to replace best.pt).
 
     Each process reads the state from its own disk (nodes need not share one): all must find it, the same
     one, and load it, or all stop with a ResumeError."""
@@ -225,7 +225,7 @@ def resume_run(accelerator: Accelerator, config: TrainConfig, checkpoints_dir: P
                           f"needs the same checkpoints/ folder on each")
     with all_or_none(accelerator, ResumeError, raise_as=ResumeError):
         progress = load_training_state(accelerator, state_dir, config, ema)
-    return state_dir, progress | {"best": best_to_beat(accelerator, config, best_path, progress["best"])}
+    return state_dir, progress, best_to_beat(accelerator, config, best_path, progress["best"])
 
 
 def best_to_beat(accelerator: Accelerator, config: TrainConfig, best_path: Path, saved_best: dict) -> dict:

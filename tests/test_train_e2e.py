@@ -12,6 +12,7 @@ import torch
 from adder import plots
 from adder.config import parse_config
 from adder.training_state import ResumeError, resolve_state
+import evaluate
 from conftest import FAST, NO_GPU, epochs_trained, needs_dev_full, run_cli, train
 
 
@@ -130,6 +131,17 @@ def test_an_error_every_process_meets_before_they_meet_is_said_once(script_args,
     result = run_cli(script_args, processes=2, env=NO_GPU, check=False)
     assert result.returncode != 0
     assert (result.stdout + result.stderr).splitlines().count(error) == 1, result.stderr
+
+
+def test_a_launchs_other_processes_keep_such_errors_to_themselves(monkeypatch, capsys):
+    # What rank 1 of each machine does with them, in this process: exits as rank 0 does, saying nothing.
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(SystemExit) as bad_flag:
+        parse_config(["--epochs", "0"])
+    with pytest.raises(SystemExit) as no_checkpoint:
+        evaluate.main(["--ckpt", "no_such.pt"])
+    assert (bad_flag.value.code, no_checkpoint.value.code) == (2, 1)
+    assert capsys.readouterr().err == ""
 
 
 def test_your_own_pictures_answered_under_two_processes_once(two_process_run):
@@ -259,6 +271,19 @@ def test_a_finished_runs_last_state_resumed_elsewhere_only_reports_again(two_pro
     logs = tmp_path / "new" / "logs"
     assert (logs / "test_metrics.json").read_text() == (out / "logs" / "test_metrics.json").read_text()
     assert {"curves.png", "confusion.png", "test_predictions.png"} <= {path.name for path in logs.iterdir()}
+
+
+def test_a_damaged_best_pt_beside_a_state_stops_both_processes_with_one_line(two_process_run, tiny_mnist, tmp_path):
+    # Only the main process reads best.pt; what it finds must reach the other process, not leave it waiting.
+    out, _ = two_process_run
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "best.pt").write_text("just text")
+    result = train(tiny_mnist, tmp_path / "new", "--epochs", "3", "--resume_from_checkpoint",
+                   str(out / "checkpoints" / "epoch_003"), processes=2, check=False, timeout=120)
+    output = result.stdout + result.stderr  # the launcher's own report of the failed ranks follows
+    assert result.returncode != 0 and 'train.py", line' not in output, output
+    (error,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert "best.pt: not a readable PyTorch checkpoint" in error
 
 
 def test_a_new_run_never_overwrites_an_existing_best_pt(two_process_run, tiny_mnist):

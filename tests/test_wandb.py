@@ -177,6 +177,8 @@ def test_history_steps_only_increase(offline_run):
 
 
 def wandb_lines(run) -> list[str]:
+    """The console's lines from wandb or about it: the run's own line alone, so a new wandb warning fails the
+    tests that count them, to be read and then silenced or allowed."""
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("wandb:")]
 
 
